@@ -1,0 +1,1 @@
+"""The `flip` command line."""

@@ -1,0 +1,104 @@
+"""Typed hub configuration (pydantic-settings). Every variable is documented in ``.env.development``."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+
+from flip_core.crypto import decode_key, encode_key, new_key
+from flip_core.settings import FlipSettings, default_state_dir
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class ConfigError(Exception):
+    """Configuration is missing or inconsistent; the message says which variable to set."""
+
+
+class HubSettings(FlipSettings):
+    """Settings of the hub process (API, worker, admin CLI)."""
+
+    env: Environment = Field(Environment.DEVELOPMENT, validation_alias="FLIP_ENV")
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "FLIP_DATABASE_URL"))
+    state_dir: Path = Field(default_factory=default_state_dir, validation_alias="FLIP_STATE_DIR")
+    public_url: str = Field("http://127.0.0.1:8000", validation_alias="FLIP_HUB_PUBLIC_URL")
+    host: str = Field("127.0.0.1", validation_alias="FLIP_HUB_HOST")
+    port: int = Field(8000, ge=1, le=65535, validation_alias="FLIP_HUB_PORT")
+    log_level: str = Field("INFO", validation_alias="FLIP_LOG_LEVEL")
+    log_json: bool = Field(True, validation_alias="FLIP_LOG_JSON")
+
+    jwt_secret: SecretStr | None = Field(None, validation_alias="FLIP_JWT_SECRET")
+    data_key: SecretStr | None = Field(None, validation_alias="FLIP_DATA_KEY")
+    access_token_ttl_s: int = Field(900, ge=60, le=86400, validation_alias="FLIP_ACCESS_TOKEN_TTL_S")
+    refresh_token_ttl_s: int = Field(14 * 86400, ge=300, le=90 * 86400, validation_alias="FLIP_REFRESH_TOKEN_TTL_S")
+    mfa_required: bool = Field(True, validation_alias="FLIP_MFA_REQUIRED")
+    mfa_issuer: str = Field("FLIP", validation_alias="FLIP_MFA_ISSUER")
+    login_max_failures: int = Field(5, ge=1, le=100, validation_alias="FLIP_LOGIN_MAX_FAILURES")
+    login_lockout_s: int = Field(900, ge=1, le=86400, validation_alias="FLIP_LOGIN_LOCKOUT_S")
+    rate_limit_login_per_min: int = Field(20, ge=1, validation_alias="FLIP_RATE_LIMIT_LOGIN_PER_MIN")
+    rate_limit_access_request_per_min: int = Field(5, ge=1, validation_alias="FLIP_RATE_LIMIT_ACCESS_REQUEST_PER_MIN")
+    rate_limit_user_lookup_per_min: int = Field(60, ge=1, validation_alias="FLIP_RATE_LIMIT_USER_LOOKUP_PER_MIN")
+    expose_docs: bool = Field(True, validation_alias="FLIP_EXPOSE_DOCS")
+    db_pool_size: int = Field(10, ge=1, le=200, validation_alias="FLIP_DB_POOL_SIZE")
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> HubSettings:
+        if self.env is Environment.PRODUCTION:
+            missing = [
+                name
+                for name, value in (
+                    ("FLIP_JWT_SECRET", self.jwt_secret),
+                    ("FLIP_DATA_KEY", self.data_key),
+                    ("DATABASE_URL", self.database_url),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(f"production mode requires {', '.join(missing)} to be set")
+            if self.mfa_required is False:
+                raise ValueError("FLIP_MFA_REQUIRED=false is a development switch; it is refused in production")
+        return self
+
+    @cached_property
+    def _dev_secrets(self) -> dict[str, str]:
+        """Development secrets persisted under the state dir so that every local process agrees."""
+        path = self.state_dir / "dev-secrets.json"
+        if path.exists():
+            data: dict[str, str] = json.loads(path.read_text())
+            return data
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        data = {"jwt_secret": secrets.token_urlsafe(48), "data_key": encode_key(new_key())}
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        try:
+            os.link(tmp, path)  # atomic "create if absent": a concurrent process may have won
+        except FileExistsError:
+            tmp.unlink()
+            existing: dict[str, str] = json.loads(path.read_text())
+            return existing
+        tmp.unlink()
+        return data
+
+    def jwt_secret_value(self) -> str:
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return self._dev_secrets["jwt_secret"]
+
+    def data_key_bytes(self) -> bytes:
+        """The hub's key for secrets at rest (TOTP secrets, wrapped trust payload keys)."""
+        text = self.data_key.get_secret_value() if self.data_key is not None else self._dev_secrets["data_key"]
+        try:
+            return decode_key(text)
+        except Exception as exc:
+            raise ConfigError(f"FLIP_DATA_KEY is invalid: {exc}") from exc

@@ -1,0 +1,20 @@
+"""Process-wide objects the routes need, built once at start-up and kept on ``app.state.hub``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from flip_api.core.config import HubSettings
+from flip_api.core.ratelimit import RateLimiter
+
+
+@dataclass
+class HubState:
+    settings: HubSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    jwt_secret: str
+    data_key: bytes
+    limiter: RateLimiter = field(default_factory=RateLimiter)

@@ -1,0 +1,48 @@
+"""SQLAlchemy models; importing this package registers every table on ``Base.metadata``."""
+
+from flip_api.db.models.audit import AuditEntry
+from flip_api.db.models.base import Base
+from flip_api.db.models.identity import (
+    AccessRequest,
+    AccessRequestStatus,
+    AuthSession,
+    Permission,
+    PermissionScope,
+    RefreshToken,
+    Role,
+    RolePermission,
+    User,
+    UserRole,
+)
+from flip_api.db.models.projects import (
+    DecidedAs,
+    Project,
+    ProjectMember,
+    ProjectStatus,
+    ProjectTrust,
+    TrustDecision,
+)
+from flip_api.db.models.trusts import Trust, TrustPayloadKey
+
+__all__ = [
+    "AccessRequest",
+    "AccessRequestStatus",
+    "AuditEntry",
+    "AuthSession",
+    "Base",
+    "DecidedAs",
+    "Permission",
+    "PermissionScope",
+    "Project",
+    "ProjectMember",
+    "ProjectStatus",
+    "ProjectTrust",
+    "RefreshToken",
+    "Role",
+    "RolePermission",
+    "Trust",
+    "TrustDecision",
+    "TrustPayloadKey",
+    "User",
+    "UserRole",
+]

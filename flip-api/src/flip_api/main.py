@@ -1,0 +1,57 @@
+"""The hub application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from flip_api import __version__
+from flip_api.api.router import api_router
+from flip_api.core.config import HubSettings
+from flip_api.core.errors import install_error_handlers
+from flip_api.core.middleware import RequestContextMiddleware
+from flip_api.core.state import HubState
+from flip_api.db.session import make_engine, make_sessionmaker, run_migrations, transaction
+from flip_api.services.rbac import seed_roles
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: HubSettings, database_url: str) -> FastAPI:
+    """Build the hub. At start it migrates the database (failing fast) and seeds the role catalogue."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        run_migrations(database_url)
+        engine = make_engine(database_url, settings.db_pool_size)
+        sessions = make_sessionmaker(engine)
+        async with transaction(sessions) as db:
+            await seed_roles(db)
+        app.state.hub = HubState(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            jwt_secret=settings.jwt_secret_value(),
+            data_key=settings.data_key_bytes(),
+        )
+        log.info("hub started", extra={"version": __version__, "env": settings.env.value})
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="FLIP hub API",
+        version=__version__,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs" if settings.expose_docs else None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(api_router, prefix="/api")
+    return app

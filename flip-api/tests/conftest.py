@@ -1,0 +1,156 @@
+"""Test fixtures: one real PostgreSQL per session, a fresh migrated database per test.
+
+``DATABASE_URL`` (a server URL; its database part is ignored) selects an external server; otherwise an
+embedded server is started in a temporary directory.  Each test gets a database cloned from a
+template that was migrated once, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flip_api.core.config import HubSettings
+from flip_api.core.permissions import RoleName
+from flip_api.core.state import HubState
+from flip_api.db.models import Trust, User
+from flip_api.db.session import libpq_conninfo, normalise_url, run_migrations, transaction
+from flip_api.main import create_app
+from flip_api.services import auth as auth_service
+from flip_api.services import users as users_service
+from flip_api.services.audit import Actor
+from flip_core.embedded_pg import EmbeddedPostgres
+
+TEMPLATE_DB = f"flip_tmpl_{os.getpid()}"
+
+
+@dataclass
+class PgServer:
+    base_url: str  # SQLAlchemy URL with database "postgres"
+
+    def url(self, database: str) -> str:
+        return make_url(self.base_url).set(database=database).render_as_string(hide_password=False)
+
+    def admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(libpq_conninfo(self.url("postgres")), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield PgServer(make_url(normalise_url(external)).set(database="postgres").render_as_string(False))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="flip-test-pg-"))
+    server = EmbeddedPostgres(tmp / "pgdata", persistent=False)
+    try:
+        yield PgServer(server.url("postgres"))
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: PgServer) -> Iterator[str]:
+    with pg_server.admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    run_migrations(pg_server.url(TEMPLATE_DB))
+    yield TEMPLATE_DB
+    with pg_server.admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(pg_server: PgServer, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"flip_t_{uuid.uuid4().hex[:12]}"
+    with pg_server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield pg_server.url(name)
+    with pg_server.admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> HubSettings:
+    return HubSettings(
+        FLIP_STATE_DIR=tmp_path / "state",
+        FLIP_JWT_SECRET="test-jwt-secret-" + uuid.uuid4().hex,
+        FLIP_LOG_JSON=False,
+        FLIP_RATE_LIMIT_LOGIN_PER_MIN=1000,
+        FLIP_RATE_LIMIT_ACCESS_REQUEST_PER_MIN=1000,
+        FLIP_RATE_LIMIT_USER_LOOKUP_PER_MIN=1000,
+    )
+
+
+@pytest.fixture
+async def hub(settings: HubSettings, db_url: str) -> AsyncIterator[HubState]:
+    """The running hub's state (lifespan entered: migrated, roles seeded)."""
+    app = create_app(settings, db_url)
+    async with app.router.lifespan_context(app):
+        hub_state: HubState = app.state.hub
+        hub_state.app = app  # type: ignore[attr-defined]
+        yield hub_state
+
+
+@pytest.fixture
+async def client(hub: HubState) -> AsyncIterator[httpx.AsyncClient]:
+    app = hub.app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as c:
+        yield c
+
+
+@pytest.fixture
+async def db(hub: HubState) -> AsyncIterator[AsyncSession]:
+    """A session for arranging and inspecting state directly (commit what you arrange)."""
+    async with hub.sessions() as session:
+        yield session
+
+
+@dataclass
+class TestUser:
+    user: User
+    password: str
+    headers: dict[str, str]
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.user.id
+
+
+MakeUser = Callable[..., Awaitable[TestUser]]
+
+
+@pytest.fixture
+def make_user(hub: HubState) -> MakeUser:
+    """Create a user with global roles (and optional Trust Admin grants) and a signed-in session."""
+
+    async def _make(
+        *roles: RoleName,
+        email: str | None = None,
+        trust_admin_of: list[Trust] | None = None,
+        name: str = "Test User",
+    ) -> TestUser:
+        email = email or f"user-{uuid.uuid4().hex[:8]}@example.org"
+        password = "correct-horse-" + uuid.uuid4().hex[:8]
+        async with transaction(hub.sessions) as session:
+            user, _ = await users_service.create_user(
+                session, Actor.system("test"), email=email, name=name, roles=list(roles), password=password
+            )
+            for trust in trust_admin_of or []:
+                await users_service.grant_trust_role(session, Actor.system("test"), user, trust)
+            tokens = await auth_service.start_session(session, hub, user)
+        return TestUser(user, password, {"Authorization": f"Bearer {tokens.access_token}"})
+
+    return _make

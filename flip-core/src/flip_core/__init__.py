@@ -1,0 +1,1 @@
+"""FLIP shared core: the one wire contract both hub and trust import."""

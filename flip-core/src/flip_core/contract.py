@@ -1,0 +1,96 @@
+"""The hub<->trust wire contract: every message that crosses the boundary is a model defined here.
+
+Both the hub and the trust services import these models; neither side writes its own copy of a
+payload shape.  ``PROTOCOL_VERSION`` travels with every machine request and the hub refuses unknown
+major versions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = "1.0"
+PROTOCOL_HEADER = "X-Flip-Protocol"
+TRUST_KEY_HEADER = "X-Trust-Key"
+INTERNAL_KEY_HEADER = "X-Internal-Service-Key"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def protocol_major(version: str) -> int:
+    """The major component of a ``MAJOR.MINOR`` protocol version; raises ValueError if malformed."""
+    major, _, minor = version.partition(".")
+    if not major.isdigit() or (minor and not minor.isdigit()):
+        raise ValueError(f"malformed protocol version {version!r}")
+    return int(major)
+
+
+class ErrorBody(BaseModel):
+    """The one error shape every FLIP HTTP service returns: a human message and a machine code."""
+
+    detail: str
+    code: str
+
+
+class TrustIdentity(BaseModel):
+    """What the hub resolved a trust API key to; the agent exits if it differs from its kit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trust_id: uuid.UUID
+    code: str
+    name: str
+    protocol_version: str = PROTOCOL_VERSION
+
+
+class ServiceState(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+class TrustKit(BaseModel):
+    """Everything a trust needs to connect to the hub, written once at registration as an env file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hub_url: str = Field(min_length=1, max_length=2048)
+    trust_id: uuid.UUID
+    trust_code: str = Field(min_length=1, max_length=32)
+    trust_name: str = Field(min_length=1, max_length=200)
+    api_key: str = Field(min_length=16, max_length=256)
+    payload_key_id: str = Field(min_length=1, max_length=128)
+    payload_key: str = Field(min_length=1, max_length=256)
+    internal_key: str = Field(min_length=16, max_length=256)
+    protocol_version: str = PROTOCOL_VERSION
+
+    _ENV_PREFIX = "FLIP_TRUST_"
+
+    def to_env(self) -> str:
+        """Render as an env file (KEY=value lines); values never contain newlines or quotes."""
+        lines = [
+            "# FLIP trust kit — keep this file secret (mode 0600). It is shown only once.",
+            f"# Trust: {self.trust_name} ({self.trust_code})",
+        ]
+        for name, value in self.model_dump(mode="json").items():
+            lines.append(f"{self._ENV_PREFIX}{name.upper()}={value}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_env(cls, text: str) -> TrustKit:
+        """Parse an env-format kit; unknown FLIP_TRUST_* keys are refused, other lines ignored."""
+        values: dict[str, str] = {}
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, _, value = line.partition("=")
+            key = key.strip()
+            if key.startswith("export "):
+                key = key[len("export ") :].strip()
+            if key.startswith(cls._ENV_PREFIX):
+                values[key[len(cls._ENV_PREFIX) :].lower()] = value.strip().strip('"').strip("'")
+        return cls.model_validate(values)
