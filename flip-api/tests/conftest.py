@@ -10,20 +10,21 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from hub_testing import MakeUser, TestUser
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.config import HubSettings
 from flip_api.core.permissions import RoleName
 from flip_api.core.state import HubState
-from flip_api.db.models import Trust, User
+from flip_api.db.models import Trust
 from flip_api.db.session import libpq_conninfo, normalise_url, run_migrations, transaction
 from flip_api.main import create_app
 from flip_api.services import auth as auth_service
@@ -116,20 +117,6 @@ async def db(hub: HubState) -> AsyncIterator[AsyncSession]:
     """A session for arranging and inspecting state directly (commit what you arrange)."""
     async with hub.sessions() as session:
         yield session
-
-
-@dataclass
-class TestUser:
-    user: User
-    password: str
-    headers: dict[str, str]
-
-    @property
-    def id(self) -> uuid.UUID:
-        return self.user.id
-
-
-MakeUser = Callable[..., Awaitable[TestUser]]
 
 
 @pytest.fixture

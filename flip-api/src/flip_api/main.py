@@ -48,6 +48,7 @@ def create_app(settings: HubSettings, database_url: str) -> FastAPI:
         version=__version__,
         openapi_url="/api/openapi.json",
         docs_url="/api/docs" if settings.expose_docs else None,
+        swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect",
         redoc_url=None,
         lifespan=lifespan,
     )

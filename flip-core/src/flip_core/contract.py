@@ -17,6 +17,7 @@ PROTOCOL_HEADER = "X-Flip-Protocol"
 TRUST_KEY_HEADER = "X-Trust-Key"
 INTERNAL_KEY_HEADER = "X-Internal-Service-Key"
 REQUEST_ID_HEADER = "X-Request-ID"
+KIT_ENV_PREFIX = "FLIP_TRUST_"
 
 
 def protocol_major(version: str) -> int:
@@ -67,8 +68,6 @@ class TrustKit(BaseModel):
     internal_key: str = Field(min_length=16, max_length=256)
     protocol_version: str = PROTOCOL_VERSION
 
-    _ENV_PREFIX = "FLIP_TRUST_"
-
     def to_env(self) -> str:
         """Render as an env file (KEY=value lines); values never contain newlines or quotes."""
         lines = [
@@ -76,7 +75,7 @@ class TrustKit(BaseModel):
             f"# Trust: {self.trust_name} ({self.trust_code})",
         ]
         for name, value in self.model_dump(mode="json").items():
-            lines.append(f"{self._ENV_PREFIX}{name.upper()}={value}")
+            lines.append(f"{KIT_ENV_PREFIX}{name.upper()}={value}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -91,6 +90,6 @@ class TrustKit(BaseModel):
             key = key.strip()
             if key.startswith("export "):
                 key = key[len("export ") :].strip()
-            if key.startswith(cls._ENV_PREFIX):
-                values[key[len(cls._ENV_PREFIX) :].lower()] = value.strip().strip('"').strip("'")
+            if key.startswith(KIT_ENV_PREFIX):
+                values[key[len(KIT_ENV_PREFIX) :].lower()] = value.strip().strip('"').strip("'")
         return cls.model_validate(values)

@@ -15,6 +15,6 @@ class HubState:
     settings: HubSettings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    jwt_secret: str
-    data_key: bytes
+    jwt_secret: str = field(repr=False)
+    data_key: bytes = field(repr=False)
     limiter: RateLimiter = field(default_factory=RateLimiter)

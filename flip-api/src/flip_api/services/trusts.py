@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import lazyload
 
 from flip_api.core.errors import Conflict, NotFound
 from flip_api.core.permissions import RoleName
@@ -162,7 +163,10 @@ async def remove_trust_admin(db: AsyncSession, actor: Actor, trust: Trust, user_
     # Lock this trust's admin grants so two concurrent removals cannot both pass the "not last" check.
     grants = (
         await db.scalars(
-            select(UserRole).where(UserRole.trust_id == trust.id, UserRole.role_id == role.id).with_for_update()
+            select(UserRole)
+            .where(UserRole.trust_id == trust.id, UserRole.role_id == role.id)
+            .options(lazyload(UserRole.role))
+            .with_for_update()
         )
     ).all()
     target = next((g for g in grants if g.user_id == user_id), None)

@@ -1,0 +1,44 @@
+# FLIP — the two commands: `make demo` and `make test`. Everything else is for developers.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# Use uv from PATH when present; otherwise install it with pip and run it as a module.
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+export UV_LINK_MODE ?= copy
+export FLIP_TELEMETRY_ENABLED := 0
+
+.PHONY: help ensure-uv install demo test lint fmt typecheck pytest clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+ensure-uv:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv
+
+install: ensure-uv ## install the workspace (uv sync from uv.lock)
+	$(UV) sync --locked
+
+demo: install ## run the whole product on embedded defaults and walk a project to APPROVED
+	$(UV) run flip demo
+
+test: install lint typecheck ## every test: lint, types, unit and integration on real PostgreSQL
+	$(UV) run pytest
+
+pytest: install ## tests only (no lint/types)
+	$(UV) run pytest
+
+lint: install ## ruff lint + format check
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+fmt: install ## apply ruff fixes and formatting
+	$(UV) run ruff check --fix .
+	$(UV) run ruff format .
+
+typecheck: install ## mypy (strict) on our packages
+	$(UV) run mypy
+
+clean: ## remove caches and local demo state
+	rm -rf .flip .mypy_cache .ruff_cache .pytest_cache

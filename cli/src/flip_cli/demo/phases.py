@@ -1,0 +1,305 @@
+"""The phases of ``flip demo``, in order. Each one is a function of the shared :class:`DemoContext`.
+
+Seeding (users, trusts, kits) happens in-process through the hub's services, as an operator would
+with ``flip admin``; everything a user or a trust does afterwards goes through the REST API of the
+hub child process, so the walkthrough exercises the product exactly as it ships.  Later phases
+(cohort, imaging, training) slot into :data:`PHASES` between ``project`` and ``audit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flip_api.core.permissions import RoleName
+from flip_api.db.models import User
+from flip_api.db.session import HUB_DATABASE, ensure_database, normalise_url
+from flip_api.services import users as user_service
+from flip_api.services.audit import Actor, verify_chain
+from flip_api.services.trusts import register_trust
+from flip_cli.database import HubDatabase
+from flip_cli.demo.client import HubClient
+from flip_cli.demo.context import DemoContext, DemoTrust, DemoUser, Phase, PhaseResult
+from flip_cli.demo.errors import DemoError
+from flip_cli.demo.processes import HubProcess, child_environment, free_port
+from flip_cli.kits import write_kit
+from flip_core.embedded_pg import EmbeddedPostgres
+
+DEMO_ACTOR = Actor.system("demo")
+HEALTH_TIMEOUT_S = 60.0
+
+ADMIN, RESEARCHER, TRUST_ADMIN = "admin", "researcher", "trust_admin"
+SITE_TRUST, HUB_TRUST = "ELSE", "RIVR"
+
+
+def demo_users() -> dict[str, DemoUser]:
+    """The cast: a hub admin, a researcher, and a Trust Admin of St Elsewhere (no global role)."""
+    return {
+        ADMIN: DemoUser("hub admin", "admin@flip-demo.example.org", "Ada Admin", [RoleName.ADMIN]),
+        RESEARCHER: DemoUser(
+            "researcher", "researcher@flip-demo.example.org", "Rosalind Researcher", [RoleName.RESEARCHER]
+        ),
+        TRUST_ADMIN: DemoUser("trust admin", "trust-admin@st-elsewhere.example.org", "Theo Tan", []),
+    }
+
+
+def demo_trusts() -> dict[str, DemoTrust]:
+    """Two hospitals: ELSE decides for itself (it has a Trust Admin); RIVR is decided by the hub admin."""
+    return {
+        SITE_TRUST: DemoTrust(SITE_TRUST, "St Elsewhere NHS Trust", "London"),
+        HUB_TRUST: DemoTrust(HUB_TRUST, "Riverside Hospital", "North West"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- hub
+
+
+def _start_database(ctx: DemoContext) -> str:
+    settings = ctx.require_settings()
+    if settings.database_url:
+        url = normalise_url(settings.database_url)
+        ensure_database(url)
+        ctx.embedded_database = False
+        ctx.say("operator", "using the PostgreSQL named by DATABASE_URL")
+        return url
+    server = EmbeddedPostgres(ctx.state_dir / "pgdata", persistent=True)
+    ctx.stack.callback(server.stop)
+    url = server.url(HUB_DATABASE)
+    ensure_database(url)
+    ctx.say("operator", f"embedded PostgreSQL ready (data in {server.pgdata}, socket only)")
+    return url
+
+
+def start_hub(ctx: DemoContext) -> PhaseResult:
+    """Embedded PostgreSQL (unless DATABASE_URL is set), then the hub as a child process on loopback."""
+    ctx.database_url = _start_database(ctx)
+    port = ctx.requested_port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    hub = HubProcess(
+        port=port,
+        env=child_environment(database_url=ctx.database_url, state_dir=ctx.state_dir, public_url=url),
+        log_path=ctx.state_dir / "logs" / "hub.log",
+    )
+    ctx.stack.callback(hub.stop)
+    hub.start()
+    ctx.hub = hub
+    ctx.say("operator", f"hub starting (pid {hub.pid}, log {hub.log_path})")
+    health = hub.wait_healthy(HEALTH_TIMEOUT_S)
+    ctx.say("hub", f"healthy at {url} (version {health.get('version')}, protocol {health.get('protocol_version')})")
+
+    ctx.db = ctx.stack.enter_context(HubDatabase(ctx.database_url))
+    client = HubClient(url)
+    ctx.stack.callback(client.close)
+    ctx.client = client
+
+    async def count_users(db: AsyncSession) -> int:
+        return int(await db.scalar(select(func.count()).select_from(User)) or 0)
+
+    existing = ctx.db.run(count_users)
+    if existing:
+        raise DemoError(
+            f"the hub database already holds {existing} user(s); the demo needs an empty one "
+            "(use a fresh --state-dir, or unset DATABASE_URL)"
+        )
+    return {
+        "url": url,
+        "docs_url": f"{url}/api/docs",
+        "pid": hub.pid,
+        "database": "embedded" if ctx.embedded_database else "external",
+    }
+
+
+# -------------------------------------------------------------------------------------------- users
+
+
+def create_and_sign_in_users(ctx: DemoContext) -> PhaseResult:
+    """Create the cast in-process, then sign each in over HTTP: password, TOTP enrolment, first code."""
+    ctx.users = demo_users()
+    db = ctx.require_db()
+
+    async def create(session: AsyncSession) -> None:
+        for person in ctx.users.values():
+            user, password = await user_service.create_user(
+                session, DEMO_ACTOR, email=person.email, name=person.name, roles=person.global_roles
+            )
+            person.user_id, person.password = user.id, password
+
+    db.run(create)
+    for person in ctx.users.values():
+        roles = ", ".join(r.value for r in person.global_roles) or "no global role"
+        ctx.say("operator", f"created {person.email} ({roles})")
+
+    client = ctx.require_client()
+    for person in ctx.users.values():
+        if person.password is None:
+            raise DemoError(f"{person.email} has no initial password")
+        person.session = client.sign_in(person.email, person.password)
+        how = "password + TOTP enrolment" if person.session.totp_secret else "password (MFA is switched off)"
+        ctx.say(person.role, f"signed in with {how}")
+    return {
+        "users": [{"role": p.role, "email": p.email} for p in ctx.users.values()],
+        "mfa_enrolled": all(p.session is not None and p.session.totp_secret for p in ctx.users.values()),
+    }
+
+
+# ------------------------------------------------------------------------------------------- trusts
+
+
+def register_trusts(ctx: DemoContext) -> PhaseResult:
+    """Register both trusts with kits (0600), appoint ELSE's Trust Admin, and check each kit's key."""
+    ctx.trusts = demo_trusts()
+    data_key = ctx.require_settings().data_key_bytes()
+    kits_dir = ctx.state_dir / "kits"
+    trust_admin = ctx.users.get(TRUST_ADMIN)
+    if trust_admin is None or trust_admin.user_id is None:
+        raise DemoError("the trust admin user was not created")
+    trust_admin_id = trust_admin.user_id
+
+    async def register(session: AsyncSession) -> None:
+        for trust in ctx.trusts.values():
+            issued = await register_trust(
+                session,
+                DEMO_ACTOR,
+                data_key=data_key,
+                hub_url=ctx.hub_url,
+                name=trust.name,
+                code=trust.code,
+                region=trust.region,
+            )
+            trust.trust_id, trust.kit = issued.trust.id, issued.kit
+            trust.kit_path = write_kit(kits_dir / f"{trust.code}.env", issued.kit)
+            if trust.code == SITE_TRUST:
+                user = await user_service.get_user(session, trust_admin_id)
+                await user_service.grant_trust_role(session, DEMO_ACTOR, user, issued.trust, RoleName.TRUST_ADMIN)
+
+    ctx.require_db().run(register)
+    for trust in ctx.trusts.values():
+        ctx.say("operator", f"registered {trust.name} ({trust.code}); kit written to {trust.kit_path}")
+    ctx.say("operator", f"appointed {trust_admin.email} Trust Admin of {SITE_TRUST}; {HUB_TRUST} has none")
+
+    client = ctx.require_client()
+    for trust in ctx.trusts.values():
+        kit = trust.kit
+        if kit is None:
+            raise DemoError(f"trust {trust.code} has no kit")
+        identity = client.whoami(kit.api_key)
+        expected: dict[str, Any] = {"trust_id": str(kit.trust_id), "code": kit.trust_code, "name": kit.trust_name}
+        seen = {key: identity.get(key) for key in expected}
+        if seen != expected or not identity.get("protocol_version"):
+            raise DemoError(f"whoami with the {trust.code} kit returned {identity}, expected {expected}")
+        ctx.say(f"trust {trust.code}", f"kit key resolves to itself (protocol {identity['protocol_version']})")
+    return {
+        "registered": [t.code for t in ctx.trusts.values()],
+        "kits": {t.code: str(t.kit_path) for t in ctx.trusts.values()},
+        "trust_admins": {SITE_TRUST: [trust_admin.email], HUB_TRUST: []},
+        "whoami_ok": True,
+    }
+
+
+# ------------------------------------------------------------------------------------------ project
+
+
+def _decide(
+    ctx: DemoContext, decider: DemoUser, project_id: str, trust: DemoTrust, expected_as: str
+) -> dict[str, Any]:
+    outcome = ctx.require_client().call(
+        "POST",
+        f"/api/projects/{project_id}/trusts/{trust.id}/decision",
+        token=decider.token,
+        json={"decision": "APPROVED"},
+    )
+    if outcome.get("decision") != "APPROVED" or outcome.get("decided_as") != expected_as:
+        raise DemoError(f"decision for {trust.code} returned {outcome}, expected APPROVED decided as {expected_as}")
+    ctx.say(
+        decider.role,
+        f"approved for {trust.code} (decided as {expected_as}); project is now {outcome.get('project_status')}",
+    )
+    return {"trust": trust.code, "decision": "APPROVED", "decided_as": expected_as}
+
+
+def run_project_lifecycle(ctx: DemoContext) -> PhaseResult:
+    """Researcher creates and stages a project; ELSE's Trust Admin and the hub admin (for RIVR) approve."""
+    client = ctx.require_client()
+    researcher, trust_admin, admin = ctx.users[RESEARCHER], ctx.users[TRUST_ADMIN], ctx.users[ADMIN]
+    site, hub_decided = ctx.trusts[SITE_TRUST], ctx.trusts[HUB_TRUST]
+
+    name = "Demo: early warning of sepsis"
+    created = client.call(
+        "POST",
+        "/api/projects",
+        token=researcher.token,
+        json={
+            "name": name,
+            "description": "Created by `flip demo` to walk through staging and approval.",
+            "has_imaging": False,
+            "dicom_to_nifti": False,
+        },
+        expect=(201,),
+    )
+    project_id = created.get("id")
+    if not isinstance(project_id, str):
+        raise DemoError(f"POST /api/projects returned no project id: {created}")
+    ctx.project_id = project_id
+    ctx.say(researcher.role, f"created project {name!r} ({project_id}) -> {created.get('status')}")
+
+    staged = client.call(
+        "POST",
+        f"/api/projects/{project_id}/stage",
+        token=researcher.token,
+        json={"trust_ids": [str(site.id), str(hub_decided.id)]},
+    )
+    if staged.get("status") != "STAGED":
+        raise DemoError(f"staging answered status {staged.get('status')!r}, expected 'STAGED'")
+    ctx.say(researcher.role, f"staged it at {site.code} and {hub_decided.code} -> STAGED")
+
+    # A Trust Admin's authority stops at their own trust: ELSE's admin cannot decide for RIVR.
+    client.call(
+        "POST",
+        f"/api/projects/{project_id}/trusts/{hub_decided.id}/decision",
+        token=trust_admin.token,
+        json={"decision": "APPROVED"},
+        expect=(403, 404),
+    )
+    ctx.say(trust_admin.role, f"tried to decide for {hub_decided.code} -> refused, as it should be")
+
+    decisions = [
+        _decide(ctx, trust_admin, project_id, site, "SITE"),
+        _decide(ctx, admin, project_id, hub_decided, "HUB"),
+    ]
+
+    project = client.call("GET", f"/api/projects/{project_id}", token=researcher.token)
+    status = project.get("status")
+    if status != "APPROVED":
+        raise DemoError(f"GET /api/projects/{project_id} shows status {status!r}, expected 'APPROVED'")
+    listed = {row.get("trust_code"): row for row in project.get("trusts", []) if isinstance(row, dict)}
+    for decision in decisions:
+        row = listed.get(decision["trust"])
+        if row is None or row.get("decision") != "APPROVED" or row.get("decided_as") != decision["decided_as"]:
+            raise DemoError(f"project view of {decision['trust']} is {row}, expected {decision}")
+    ctx.say(researcher.role, f"project {project_id} is {status} at {', '.join(sorted(listed))}")
+    return {"id": project_id, "name": name, "project_status": status, "decisions": decisions}
+
+
+# -------------------------------------------------------------------------------------------- audit
+
+
+def verify_audit_chain(ctx: DemoContext) -> PhaseResult:
+    """Recompute the audit log's hash chain over everything the walkthrough did."""
+    report = ctx.require_db().run(verify_chain)
+    if not report.ok:
+        problems = "; ".join(f"seq {p.seq}: {p.problem}" for p in report.problems[:5])
+        raise DemoError(f"the audit chain is broken: {problems}")
+    ctx.say("auditor", f"{report.entries} audit entries, hash chain intact (head {report.head_hash[:16]}...)")
+    return {"entries": report.entries, "chain_ok": True, "head_hash": report.head_hash}
+
+
+PHASES: list[Phase] = [
+    Phase("hub", "Start PostgreSQL and the hub", start_hub),
+    Phase("users", "Create users and sign them in with MFA", create_and_sign_in_users),
+    Phase("trusts", "Register trusts and check their kits", register_trusts),
+    Phase("project", "Create, stage and approve a project", run_project_lifecycle),
+    Phase("audit", "Verify the audit chain", verify_audit_chain),
+]
+

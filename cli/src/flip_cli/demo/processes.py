@@ -1,0 +1,119 @@
+"""Child processes of the demo: the hub, started as ``flip hub serve`` and stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from flip_cli.demo.errors import DemoError
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free a moment ago (the OS picks it; the hub binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file (empty if it does not exist)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines))
+    except FileNotFoundError:
+        return ""
+
+
+class HubProcess:
+    """``python -m flip_cli.main hub serve`` on loopback, its output going to ``log_path``."""
+
+    def __init__(self, *, port: int, env: Mapping[str, str], log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://{LOOPBACK}:{port}"
+        self.log_path = log_path
+        self._env = dict(env)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "flip_cli.main", "hub", "serve", "--host", LOOPBACK, "--port", str(self.port)]
+        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self._env
+        )
+
+    def exit_code(self) -> int | None:
+        """None while the hub runs, else its exit status."""
+        return None if self._process is None else self._process.poll()
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Poll ``GET /api/health`` until it answers 200; fail early if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        last_error = "no answer yet"
+        with httpx.Client(base_url=self.url, timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                code = self.exit_code()
+                if code is not None:
+                    raise DemoError(f"the hub exited with status {code} during start-up:\n{self.log_tail()}")
+                try:
+                    response = http.get("/api/health")
+                    if response.status_code == 200:
+                        body: dict[str, Any] = response.json()
+                        return body
+                    last_error = f"status {response.status_code}"
+                except httpx.HTTPError as exc:
+                    last_error = type(exc).__name__
+                time.sleep(0.25)
+        raise DemoError(f"the hub did not become healthy within {timeout_s:.0f} s ({last_error}):\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = tail(self.log_path, lines)
+        return text or "(the hub wrote nothing)"
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, wait up to ``grace_s`` for a clean shutdown, then SIGKILL (idempotent)."""
+        process, self._process = self._process, None
+        try:
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+
+def child_environment(*, database_url: str, state_dir: Path, public_url: str) -> dict[str, str]:
+    """The hub child's environment: ours, pointed at the demo's database and state dir."""
+    env = dict(os.environ)
+    env.pop("FLIP_DATABASE_URL", None)
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "FLIP_STATE_DIR": str(state_dir),
+            "FLIP_HUB_PUBLIC_URL": public_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
