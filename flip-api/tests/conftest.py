@@ -91,6 +91,10 @@ def settings(tmp_path: Path) -> HubSettings:
         FLIP_RATE_LIMIT_LOGIN_PER_MIN=1000,
         FLIP_RATE_LIMIT_ACCESS_REQUEST_PER_MIN=1000,
         FLIP_RATE_LIMIT_USER_LOOKUP_PER_MIN=1000,
+        # Cheap hashes keep the suite fast; the production cost is the default.
+        FLIP_ARGON2_TIME_COST=1,
+        FLIP_ARGON2_MEMORY_KIB=1024,
+        FLIP_ARGON2_PARALLELISM=1,
     )
 
 

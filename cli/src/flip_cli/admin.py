@@ -67,6 +67,7 @@ def _read_password() -> str:
     "roles",
     multiple=True,
     type=click.Choice(GLOBAL_ROLES, case_sensitive=False),
+    metavar="[" + "|".join(GLOBAL_ROLES) + "]",
     help="Global role; repeat for several. Trust Admin is granted per trust with grant-role.",
 )
 @click.option("--password-stdin", is_flag=True, help="Read the initial password from stdin instead of generating one.")
@@ -111,7 +112,13 @@ class _GrantOutcome:
 
 @admin.command("grant-role")
 @click.option("--email", required=True, help="The user's email.")
-@click.option("--role", required=True, type=click.Choice(ALL_ROLES, case_sensitive=False), help="Role to add.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(ALL_ROLES, case_sensitive=False),
+    metavar="[" + "|".join(ALL_ROLES) + "]",
+    help="Role to add.",
+)
 @click.option("--trust", "trust_code", default=None, help="Trust code; required for Trust Admin, refused otherwise.")
 def grant_role(email: str, role: str, trust_code: str | None) -> None:
     """Add a global role (keeping the user's others) or a Trust Admin grant at one trust."""
@@ -164,9 +171,7 @@ class _Registered:
     help="Where to write the trust kit (env file, mode 0600).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing kit file.")
-def register_trust(
-    name: str, code: str, region: str, hub_url: str | None, kit_out: Path, force: bool
-) -> None:
+def register_trust(name: str, code: str, region: str, hub_url: str | None, kit_out: Path, force: bool) -> None:
     """Register a trust and write its kit (API key, payload key) to --kit-out; keys are never printed."""
     if kit_out.exists() and not force:
         raise conflict(f"{kit_out} already exists (use --force to replace it)")

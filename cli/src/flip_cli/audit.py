@@ -8,7 +8,7 @@ import click
 
 from flip_api.services.audit import VerifyReport, verify_chain
 from flip_cli.database import load_settings, open_hub_database
-from flip_cli.errors import CliError, ExitCode
+from flip_cli.errors import AuditChainBroken
 
 
 @click.group()
@@ -42,4 +42,4 @@ def verify(as_json: bool) -> None:
         click.echo("chain OK" if report.ok else f"chain BROKEN ({len(report.problems)} problem(s))")
     if not report.ok:
         # The report is already on stdout; the exception only sets the exit status.
-        raise CliError("audit chain verification failed", ExitCode.AUDIT_BROKEN)
+        raise AuditChainBroken("audit chain verification failed")

@@ -43,19 +43,35 @@ Exit codes:
 
 
 class CliError(click.ClickException):
-    """A failure with a message for the operator and one of the documented exit codes."""
+    """A failure with a message for the operator; the subclass decides the exit code (1 here)."""
 
-    def __init__(self, message: str, exit_code: ExitCode = ExitCode.FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = int(exit_code)
+    exit_code = ExitCode.FAILURE
 
 
-def config_error(message: str) -> CliError:
-    return CliError(message, ExitCode.CONFIG)
+class ConfigurationError(CliError):
+    """Bad or missing settings, an unreachable or uninitialised database, a bad kit (exit 3)."""
+
+    exit_code = ExitCode.CONFIG
 
 
-def conflict(message: str) -> CliError:
-    return CliError(message, ExitCode.CONFLICT)
+class AuditChainBroken(CliError):
+    """The audit log's hash chain does not verify (exit 4)."""
+
+    exit_code = ExitCode.AUDIT_BROKEN
+
+
+class ConflictOrNotFound(CliError):
+    """An admin action hit a duplicate or an unknown user/trust, or an existing kit file (exit 5)."""
+
+    exit_code = ExitCode.CONFLICT
+
+
+def config_error(message: str) -> ConfigurationError:
+    return ConfigurationError(message)
+
+
+def conflict(message: str) -> ConflictOrNotFound:
+    return ConflictOrNotFound(message)
 
 
 @contextmanager
@@ -77,8 +93,7 @@ def translate_errors() -> Iterator[None]:
         raise config_error(f"cannot reach the database (check DATABASE_URL): {_first_line(exc)}") from exc
     except ProgrammingError as exc:
         raise config_error(
-            "the database is not initialised (start the hub or run `flip admin create-user` once): "
-            + _first_line(exc)
+            "the database is not initialised (start the hub or run `flip admin create-user` once): " + _first_line(exc)
         ) from exc
 
 

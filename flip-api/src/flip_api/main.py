@@ -13,6 +13,7 @@ from flip_api.api.router import api_router
 from flip_api.core.config import HubSettings
 from flip_api.core.errors import install_error_handlers
 from flip_api.core.middleware import RequestContextMiddleware
+from flip_api.core.security import configure_password_hashing
 from flip_api.core.state import HubState
 from flip_api.db.session import make_engine, make_sessionmaker, run_migrations, transaction
 from flip_api.services.rbac import seed_roles
@@ -25,6 +26,7 @@ def create_app(settings: HubSettings, database_url: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_password_hashing(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
         run_migrations(database_url)
         engine = make_engine(database_url, settings.db_pool_size)
         sessions = make_sessionmaker(engine)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
+from hub_testing import MakeUser
 
 from flip_api.core.permissions import RoleName
-from hub_testing import MakeUser
 
 
 async def test_malformed_json_is_400(client: httpx.AsyncClient, make_user: MakeUser) -> None:

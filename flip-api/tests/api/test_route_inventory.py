@@ -12,10 +12,10 @@ import uuid
 import httpx
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
+from hub_testing import api_routes, framework_paths
 
 from flip_api.api.deps import get_principal, get_trust
 from flip_api.core.state import HubState
-from hub_testing import api_routes, framework_paths
 
 # (method, path) -> why it is public.
 PUBLIC_ROUTES: dict[tuple[str, str], str] = {

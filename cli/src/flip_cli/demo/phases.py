@@ -201,9 +201,7 @@ def register_trusts(ctx: DemoContext) -> PhaseResult:
 # ------------------------------------------------------------------------------------------ project
 
 
-def _decide(
-    ctx: DemoContext, decider: DemoUser, project_id: str, trust: DemoTrust, expected_as: str
-) -> dict[str, Any]:
+def _decide(ctx: DemoContext, decider: DemoUser, project_id: str, trust: DemoTrust, expected_as: str) -> dict[str, Any]:
     outcome = ctx.require_client().call(
         "POST",
         f"/api/projects/{project_id}/trusts/{trust.id}/decision",
@@ -278,7 +276,7 @@ def run_project_lifecycle(ctx: DemoContext) -> PhaseResult:
         row = listed.get(decision["trust"])
         if row is None or row.get("decision") != "APPROVED" or row.get("decided_as") != decision["decided_as"]:
             raise DemoError(f"project view of {decision['trust']} is {row}, expected {decision}")
-    ctx.say(researcher.role, f"project {project_id} is {status} at {', '.join(sorted(listed))}")
+    ctx.say(researcher.role, f"project {project_id} is {status} at {', '.join(sorted(str(code) for code in listed))}")
     return {"id": project_id, "name": name, "project_status": status, "decisions": decisions}
 
 
@@ -302,4 +300,3 @@ PHASES: list[Phase] = [
     Phase("project", "Create, stage and approve a project", run_project_lifecycle),
     Phase("audit", "Verify the audit chain", verify_audit_chain),
 ]
-

@@ -47,6 +47,9 @@ class HubSettings(FlipSettings):
     rate_limit_login_per_min: int = Field(20, ge=1, validation_alias="FLIP_RATE_LIMIT_LOGIN_PER_MIN")
     rate_limit_access_request_per_min: int = Field(5, ge=1, validation_alias="FLIP_RATE_LIMIT_ACCESS_REQUEST_PER_MIN")
     rate_limit_user_lookup_per_min: int = Field(60, ge=1, validation_alias="FLIP_RATE_LIMIT_USER_LOOKUP_PER_MIN")
+    argon2_time_cost: int = Field(3, ge=1, le=20, validation_alias="FLIP_ARGON2_TIME_COST")
+    argon2_memory_kib: int = Field(65536, ge=1024, le=4 * 1024 * 1024, validation_alias="FLIP_ARGON2_MEMORY_KIB")
+    argon2_parallelism: int = Field(4, ge=1, le=16, validation_alias="FLIP_ARGON2_PARALLELISM")
     expose_docs: bool = Field(True, validation_alias="FLIP_EXPOSE_DOCS")
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias="FLIP_DB_POOL_SIZE")
 

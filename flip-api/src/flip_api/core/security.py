@@ -18,7 +18,15 @@ from flip_core.crypto import CryptoError, Envelope, open_bytes, seal_bytes
 
 _hasher = PasswordHasher()
 # Verified against when an email is unknown, so a miss costs the same time as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def configure_password_hashing(time_cost: int, memory_kib: int, parallelism: int) -> None:
+    """Set the argon2 cost for new hashes (existing hashes carry their own parameters)."""
+    global _hasher, _dummy_hash
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+    _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+
 
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "flip-hub"
@@ -32,7 +40,7 @@ def hash_password(password: str) -> str:
 def verify_password(password: str, password_hash: str | None) -> bool:
     """Constant-work check; an absent hash still costs one argon2 verification."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _hasher.verify(password_hash or _dummy_hash, password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

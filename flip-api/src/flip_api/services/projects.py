@@ -109,7 +109,7 @@ async def _project_for_change(db: AsyncSession, principal: Principal, project_id
 async def decision_authority(db: AsyncSession, principal: Principal, trust_id: uuid.UUID) -> DecidedAs | None:
     """How the caller may decide for a trust: SITE (its Trust Admin), HUB (unmanaged trust), or None.
 
-    A trust with any Trust Admin decides for itself; only then does the hub decide on its behalf.
+    A trust with any Trust Admin decides for itself; the hub decides only for trusts that have none.
     """
     if await has_trust_admins(db, trust_id):
         return DecidedAs.SITE if principal.has_at(Perm.APPROVE_FOR_TRUST, trust_id) else None

@@ -82,9 +82,7 @@ async def test_wrong_password_and_unknown_email_look_the_same(client: httpx.Asyn
     assert wrong.json() == unknown.json() == {"detail": "email or password is incorrect", "code": "invalid_credentials"}
 
 
-async def test_lockout_after_repeated_failures(
-    client: httpx.AsyncClient, make_user: MakeUser, hub: HubState
-) -> None:
+async def test_lockout_after_repeated_failures(client: httpx.AsyncClient, make_user: MakeUser, hub: HubState) -> None:
     u = await make_user(RoleName.VIEWER)
     for _ in range(hub.settings.login_max_failures):
         r = await client.post("/api/auth/login", json={"email": u.user.email, "password": "wrong-password!"})
@@ -107,9 +105,7 @@ async def test_dev_switch_signs_in_without_mfa(client: httpx.AsyncClient, make_u
     assert r.json()["tokens"]["access_token"]
 
 
-async def test_refresh_rotates_and_reuse_revokes_session(
-    client: httpx.AsyncClient, make_user: MakeUser
-) -> None:
+async def test_refresh_rotates_and_reuse_revokes_session(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     u = await make_user(RoleName.RESEARCHER)
     _, tokens = await _enrol(client, u.user.email, u.password)
     first_refresh = tokens["refresh_token"]

@@ -43,11 +43,10 @@ async def _stage(client: httpx.AsyncClient, headers: dict[str, str], project_id:
 
 
 async def _decide(
-    client: httpx.AsyncClient, headers: dict[str, str], project_id: str, trust: Trust | uuid.UUID, decision: str
+    client: httpx.AsyncClient, headers: dict[str, str], project_id: str, trust: Trust, decision: str
 ) -> httpx.Response:
-    trust_id = trust.id if isinstance(trust, Trust) else trust
     return await client.post(
-        f"/api/projects/{project_id}/trusts/{trust_id}/decision", json={"decision": decision}, headers=headers
+        f"/api/projects/{project_id}/trusts/{trust.id}/decision", json={"decision": decision}, headers=headers
     )
 
 
@@ -386,7 +385,7 @@ async def test_decision_authority(client: httpx.AsyncClient, make_user: Any, hub
     not_staged = await _decide(client, admin.headers, project_id, elsewhere, "APPROVED")
     assert not_staged.status_code == 404
     assert not_staged.json()["code"] == "trust_not_staged"
-    unknown = await _decide(client, admin.headers, uuid.uuid4(), a, "APPROVED")
+    unknown = await _decide(client, admin.headers, str(uuid.uuid4()), a, "APPROVED")
     assert unknown.status_code == 404
     assert unknown.json()["code"] == "project_not_found"
 

@@ -98,9 +98,7 @@ async def test_profile_and_password_change(client: httpx.AsyncClient, make_user:
     assert r.status_code == 204
     # Changing the password signs out every session, this one included.
     assert (await client.get("/api/users/me", headers=u.headers)).status_code == 401
-    r = await client.post(
-        "/api/auth/login", json={"email": u.user.email, "password": "a-much-longer-password"}
-    )
+    r = await client.post("/api/auth/login", json={"email": u.user.email, "password": "a-much-longer-password"})
     assert r.status_code == 200
 
 
@@ -152,9 +150,7 @@ async def test_access_request_flow(client: httpx.AsyncClient, make_user: MakeUse
     r = await client.post(f"/api/access-requests/{request_id}/enrol", headers=admin.headers, json={"roles": ["Viewer"]})
     assert r.status_code == 201, r.text
     assert r.json()["user"]["email"] == "applicant@example.org"
-    again = await client.post(
-        f"/api/access-requests/{request_id}/dismiss", headers=admin.headers
-    )
+    again = await client.post(f"/api/access-requests/{request_id}/dismiss", headers=admin.headers)
     assert again.status_code == 409
     assert again.json()["code"] == "access_request_handled"
     async with hub.sessions() as s:
@@ -182,9 +178,7 @@ async def test_access_request_enrol_of_existing_email_writes_nothing(
 async def test_access_request_validation(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/access-requests", json={"email": "not-an-email", "name": "X", "reason": "r"})
     assert r.status_code == 422
-    r = await client.post(
-        "/api/access-requests", json={"email": "a@example.org", "name": "X" * 201, "reason": "r"}
-    )
+    r = await client.post("/api/access-requests", json={"email": "a@example.org", "name": "X" * 201, "reason": "r"})
     assert r.status_code == 422
     assert "name" in r.json()["detail"]
 

@@ -1,0 +1,376 @@
+"""Route × role matrix: every route, called by every kind of caller, is allowed or refused as designed.
+
+Each row arranges a fresh world (new users, trusts and projects in the test's database), builds a
+request that is valid for that world, and checks every caller: allowed callers must succeed (2xx),
+refused callers must get 401/403/404 (404 where the hub hides a resource's existence).  A
+state-changing request is retried on a freshly arranged world for each allowed caller, so the
+first success never masks the next caller's result.  Every API route must appear here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import httpx
+import pytest
+from hub_testing import MakeUser, api_routes
+from sqlalchemy import select
+
+from flip_api.core.permissions import RoleName
+from flip_api.core.state import HubState
+from flip_api.db.models import AccessRequest
+from flip_api.db.session import transaction
+from flip_api.services.audit import Actor
+from flip_api.services.trusts import register_trust
+from flip_core.contract import TRUST_KEY_HEADER
+
+
+class Caller(StrEnum):
+    ANON = "anonymous"
+    VIEWER = "viewer (member of the project)"
+    OWNER = "researcher (owner of the project)"
+    OUTSIDER = "researcher (not a member)"
+    TRUST_ADMIN = "trust admin (of trust 1)"
+    ADMIN = "hub admin"
+    TRUST_KEY = "trust 1 API key"
+
+
+SIGNED_IN = {Caller.VIEWER, Caller.OWNER, Caller.OUTSIDER, Caller.TRUST_ADMIN, Caller.ADMIN}
+
+
+@dataclass
+class World:
+    headers: dict[Caller, dict[str, str]]
+    passwords: dict[Caller, str]
+    trust1: uuid.UUID  # has Trust Admins (decides as SITE)
+    trust2: uuid.UUID  # has none (the hub admin decides)
+    unstaged: uuid.UUID  # owned by OWNER, VIEWER is a member
+    staged: uuid.UUID  # owned by OWNER, VIEWER is a member, staged at trust1 + trust2
+    member: uuid.UUID  # VIEWER's user id
+    co_admin: uuid.UUID  # a second Trust Admin of trust1
+    spare_user: uuid.UUID
+    spare_email: str
+    access_request: uuid.UUID
+
+
+async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser) -> World:
+    tag = uuid.uuid4().hex[:6].upper()
+    async with transaction(hub.sessions) as s:
+        kits = [
+            await register_trust(
+                s,
+                Actor.system("test"),
+                data_key=hub.data_key,
+                hub_url="http://hub.test",
+                name=f"T{i} {tag}",
+                code=f"T{i}{tag}",
+            )
+            for i in (1, 2)
+        ]
+    t1, t2 = kits[0].trust, kits[1].trust
+    viewer = await make_user(RoleName.VIEWER)
+    owner = await make_user(RoleName.RESEARCHER)
+    outsider = await make_user(RoleName.RESEARCHER)
+    trust_admin = await make_user(trust_admin_of=[t1])
+    co_admin = await make_user(trust_admin_of=[t1])
+    admin = await make_user(RoleName.ADMIN)
+    spare = await make_user(RoleName.VIEWER)
+    headers = {
+        Caller.ANON: {},
+        Caller.VIEWER: viewer.headers,
+        Caller.OWNER: owner.headers,
+        Caller.OUTSIDER: outsider.headers,
+        Caller.TRUST_ADMIN: trust_admin.headers,
+        Caller.ADMIN: admin.headers,
+        Caller.TRUST_KEY: {TRUST_KEY_HEADER: kits[0].kit.api_key},
+    }
+    passwords = {
+        Caller.VIEWER: viewer.password,
+        Caller.OWNER: owner.password,
+        Caller.OUTSIDER: outsider.password,
+        Caller.TRUST_ADMIN: trust_admin.password,
+        Caller.ADMIN: admin.password,
+    }
+    ids = []
+    for suffix in ("unstaged", "staged"):
+        r = await client.post(
+            "/api/projects",
+            headers=owner.headers,
+            json={"name": f"{suffix} {tag}", "has_imaging": False, "member_ids": [str(viewer.id)]},
+        )
+        assert r.status_code == 201, r.text
+        ids.append(uuid.UUID(r.json()["id"]))
+    r = await client.post(
+        f"/api/projects/{ids[1]}/stage", headers=owner.headers, json={"trust_ids": [str(t1.id), str(t2.id)]}
+    )
+    assert r.status_code == 200, r.text
+    email = f"applicant-{tag.lower()}@example.org"
+    r = await client.post("/api/access-requests", json={"email": email, "name": "Applicant", "reason": "study"})
+    assert r.status_code == 202
+    async with hub.sessions() as s:
+        request_id = await s.scalar(select(AccessRequest.id).where(AccessRequest.email == email))
+    assert request_id is not None
+    return World(
+        headers, passwords, t1.id, t2.id, ids[0], ids[1], viewer.id, co_admin.id, spare.id, spare.user.email, request_id
+    )
+
+
+Request = tuple[str, str, dict[str, object] | None]
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    path: str
+    build: Callable[[World, Caller], Request]
+    allowed: frozenset[Caller]
+    label: str = ""
+
+
+def row(
+    method: str,
+    path: str,
+    allowed: set[Caller],
+    build: Callable[[World, Caller], Request] | None = None,
+    label: str = "",
+) -> Row:
+    return Row(method, path, build or (lambda w, c: (method, path, None)), frozenset(allowed), label)
+
+
+ADMIN_ONLY = {Caller.ADMIN}
+P = "/api/projects/{project_id}"
+
+MATRIX: list[Row] = [
+    # auth
+    row("POST", "/api/auth/logout", SIGNED_IN),
+    # users
+    row("GET", "/api/users/me", SIGNED_IN),
+    row(
+        "POST",
+        "/api/users/me/password",
+        SIGNED_IN,
+        lambda w, c: (
+            "POST",
+            "/api/users/me/password",
+            {"current_password": w.passwords.get(c, "x"), "new_password": "another-long-password"},
+        ),
+    ),
+    row("PATCH", "/api/users/me", SIGNED_IN, lambda w, c: ("PATCH", "/api/users/me", {"organisation": "GSTT"})),
+    row("GET", "/api/users/lookup", SIGNED_IN, lambda w, c: ("GET", f"/api/users/lookup?email={w.spare_email}", None)),
+    row("GET", "/api/users", ADMIN_ONLY),
+    row(
+        "POST",
+        "/api/users",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", "/api/users", {"email": f"{uuid.uuid4().hex[:8]}@example.org", "name": "N"}),
+    ),
+    row("GET", "/api/users/{user_id}", ADMIN_ONLY, lambda w, c: ("GET", f"/api/users/{w.spare_user}", None)),
+    row(
+        "PATCH",
+        "/api/users/{user_id}",
+        ADMIN_ONLY,
+        lambda w, c: ("PATCH", f"/api/users/{w.spare_user}", {"organisation": "KCL"}),
+    ),
+    row(
+        "PUT",
+        "/api/users/{user_id}/roles",
+        ADMIN_ONLY,
+        lambda w, c: ("PUT", f"/api/users/{w.spare_user}/roles", {"roles": ["Researcher"]}),
+    ),
+    row(
+        "POST",
+        "/api/users/{user_id}/mfa/reset",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", f"/api/users/{w.spare_user}/mfa/reset", None),
+    ),
+    row(
+        "POST",
+        "/api/users/{user_id}/sessions/revoke",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", f"/api/users/{w.spare_user}/sessions/revoke", None),
+    ),
+    row("GET", "/api/roles", SIGNED_IN),
+    # access requests
+    row("GET", "/api/access-requests", ADMIN_ONLY),
+    row(
+        "POST",
+        "/api/access-requests/{request_id}/enrol",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", f"/api/access-requests/{w.access_request}/enrol", {"roles": ["Viewer"]}),
+    ),
+    row(
+        "POST",
+        "/api/access-requests/{request_id}/dismiss",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", f"/api/access-requests/{w.access_request}/dismiss", None),
+    ),
+    # trusts
+    row("GET", "/api/trusts", SIGNED_IN),
+    row("GET", "/api/trusts/{trust_id}", SIGNED_IN, lambda w, c: ("GET", f"/api/trusts/{w.trust1}", None)),
+    row(
+        "POST",
+        "/api/trusts",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", "/api/trusts", {"name": f"New {uuid.uuid4().hex[:6]}", "code": uuid.uuid4().hex[:8]}),
+    ),
+    row(
+        "POST",
+        "/api/trusts/{trust_id}/rotate-keys",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", f"/api/trusts/{w.trust1}/rotate-keys", None),
+    ),
+    row(
+        "GET", "/api/trusts/{trust_id}/admins", SIGNED_IN, lambda w, c: ("GET", f"/api/trusts/{w.trust1}/admins", None)
+    ),
+    row(
+        "POST",
+        "/api/trusts/{trust_id}/admins",
+        {Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("POST", f"/api/trusts/{w.trust1}/admins", {"user_id": str(w.spare_user)}),
+    ),
+    row(
+        "DELETE",
+        "/api/trusts/{trust_id}/admins/{user_id}",
+        {Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("DELETE", f"/api/trusts/{w.trust1}/admins/{w.co_admin}", None),
+    ),
+    row(
+        "GET",
+        "/api/trusts/{trust_id}/decisions",
+        {Caller.TRUST_ADMIN},
+        lambda w, c: ("GET", f"/api/trusts/{w.trust1}/decisions", None),
+        "trust with Trust Admins",
+    ),
+    row(
+        "GET",
+        "/api/trusts/{trust_id}/decisions",
+        ADMIN_ONLY,
+        lambda w, c: ("GET", f"/api/trusts/{w.trust2}/decisions", None),
+        "trust without Trust Admins",
+    ),
+    # trust machine routes
+    row("GET", "/api/trust/whoami", {Caller.TRUST_KEY}),
+    # projects
+    row("GET", "/api/projects", SIGNED_IN),
+    row(
+        "POST",
+        "/api/projects",
+        {Caller.OWNER, Caller.OUTSIDER, Caller.ADMIN},
+        lambda w, c: ("POST", "/api/projects", {"name": f"P {uuid.uuid4().hex[:8]}", "has_imaging": False}),
+    ),
+    row(
+        "GET",
+        P,
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.unstaged}", None),
+        "unstaged",
+    ),
+    row(
+        "GET",
+        P,
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.staged}", None),
+        "staged at the trust admin's trust",
+    ),
+    row(
+        "PATCH",
+        P,
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("PATCH", f"/api/projects/{w.unstaged}", {"description": "edited"}),
+    ),
+    row("DELETE", P, {Caller.OWNER, Caller.ADMIN}, lambda w, c: ("DELETE", f"/api/projects/{w.unstaged}", None)),
+    row(
+        "GET",
+        P + "/members",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.unstaged}/members", None),
+    ),
+    row(
+        "POST",
+        P + "/members",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("POST", f"/api/projects/{w.unstaged}/members", {"user_id": str(w.spare_user)}),
+    ),
+    row(
+        "DELETE",
+        P + "/members/{user_id}",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("DELETE", f"/api/projects/{w.unstaged}/members/{w.member}", None),
+    ),
+    row(
+        "POST",
+        P + "/stage",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("POST", f"/api/projects/{w.unstaged}/stage", {"trust_ids": [str(w.trust1)]}),
+    ),
+    row("POST", P + "/unstage", ADMIN_ONLY, lambda w, c: ("POST", f"/api/projects/{w.staged}/unstage", None)),
+    row(
+        "GET",
+        P + "/trusts",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.staged}/trusts", None),
+    ),
+    row(
+        "POST",
+        P + "/trusts/{trust_id}/decision",
+        {Caller.TRUST_ADMIN},
+        lambda w, c: ("POST", f"/api/projects/{w.staged}/trusts/{w.trust1}/decision", {"decision": "APPROVED"}),
+        "trust with Trust Admins: only they decide",
+    ),
+    row(
+        "POST",
+        P + "/trusts/{trust_id}/decision",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", f"/api/projects/{w.staged}/trusts/{w.trust2}/decision", {"decision": "DECLINED"}),
+        "trust without Trust Admins: the hub admin decides",
+    ),
+    # audit
+    row("GET", "/api/audit", ADMIN_ONLY),
+    row("GET", "/api/audit/export", ADMIN_ONLY, lambda w, c: ("GET", "/api/audit/export?format=csv", None)),
+    row("GET", "/api/audit/verify", ADMIN_ONLY),
+]
+
+# Public routes are covered by the route inventory test; the matrix covers everything else.
+PUBLIC = {
+    ("GET", "/api/health"),
+    ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/mfa/verify"),
+    ("POST", "/api/auth/mfa/enrol"),
+    ("POST", "/api/auth/mfa/enrol/confirm"),
+    ("POST", "/api/auth/refresh"),
+    ("POST", "/api/access-requests"),
+}
+
+
+def test_matrix_covers_every_route(hub: HubState) -> None:
+    served = {(r.method, r.path) for r in api_routes(hub.app)}  # type: ignore[attr-defined]
+    covered = {(r.method, r.path) for r in MATRIX}
+    assert served - PUBLIC - covered == set(), "routes missing from the permission matrix"
+    assert covered - served == set(), "matrix rows for routes that do not exist"
+
+
+DENIED = {401, 403, 404}
+
+
+@pytest.mark.parametrize("entry", MATRIX, ids=lambda r: f"{r.method} {r.path} {r.label}".strip())
+async def test_route_role_matrix(entry: Row, hub: HubState, client: httpx.AsyncClient, make_user: MakeUser) -> None:
+    world = await arrange(hub, client, make_user)
+    failures = []
+    for caller in Caller:
+        if caller in entry.allowed:
+            continue
+        method, url, body = entry.build(world, caller)
+        r = await client.request(method, url, headers=world.headers[caller], json=body)
+        if r.status_code not in DENIED:
+            failures.append(f"{caller}: expected refusal, got {r.status_code} {r.text[:120]}")
+    for caller in sorted(entry.allowed):
+        if entry.method != "GET":
+            world = await arrange(hub, client, make_user)
+        method, url, body = entry.build(world, caller)
+        r = await client.request(method, url, headers=world.headers[caller], json=body)
+        if not 200 <= r.status_code < 300:
+            failures.append(f"{caller}: expected success, got {r.status_code} {r.text[:160]}")
+    assert not failures, "\n".join(failures)
