@@ -6,7 +6,6 @@ PYTHON ?= python3
 # Use uv from PATH when present; otherwise install it with pip and run it as a module.
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
-export FLIP_TELEMETRY_ENABLED := 0
 
 .PHONY: help ensure-uv install demo test lint fmt typecheck pytest clean
 

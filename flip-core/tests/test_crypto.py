@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from flip_core.crypto import (
     CryptoError,
@@ -68,7 +69,7 @@ def test_keyring_rotation_keeps_old_payloads_readable() -> None:
 
 
 def test_envelope_schema_rejects_unknown_version_and_fields() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="less than or equal"):
         Envelope.model_validate({"v": 2, "kid": "k", "nonce": "x", "ct": "y"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="Extra inputs"):
         Envelope.model_validate({"v": 1, "kid": "k", "nonce": "x", "ct": "y", "extra": 1})

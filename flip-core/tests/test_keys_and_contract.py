@@ -53,5 +53,5 @@ def test_kit_refuses_unknown_and_missing_fields() -> None:
 def test_protocol_major() -> None:
     assert protocol_major("1.0") == 1
     assert protocol_major("12") == 12
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="malformed"):
         protocol_major("v1")

@@ -25,7 +25,7 @@ from flip_api.db.models import AccessRequest
 from flip_api.db.session import transaction
 from flip_api.services.audit import Actor
 from flip_api.services.trusts import register_trust
-from flip_core.contract import TRUST_KEY_HEADER
+from flip_core.contract import PROTOCOL_HEADER, PROTOCOL_VERSION, TRUST_KEY_HEADER
 
 
 class Caller(StrEnum):
@@ -85,7 +85,7 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser)
         Caller.OUTSIDER: outsider.headers,
         Caller.TRUST_ADMIN: trust_admin.headers,
         Caller.ADMIN: admin.headers,
-        Caller.TRUST_KEY: {TRUST_KEY_HEADER: kits[0].kit.api_key},
+        Caller.TRUST_KEY: {TRUST_KEY_HEADER: kits[0].kit.api_key, PROTOCOL_HEADER: PROTOCOL_VERSION},
     }
     passwords = {
         Caller.VIEWER: viewer.password,

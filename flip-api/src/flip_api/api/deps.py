@@ -7,19 +7,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.config import HubSettings
-from flip_api.core.errors import Forbidden, NotAuthenticated
+from flip_api.core.errors import ApiError, Forbidden, NotAuthenticated
 from flip_api.core.permissions import Perm
 from flip_api.core.security import InvalidToken, decode_token
 from flip_api.core.state import HubState
 from flip_api.db.models import AuthSession, Trust, User
 from flip_api.services.rbac import Principal, load_principal
-from flip_core.contract import TRUST_KEY_HEADER
+from flip_core.contract import PROTOCOL_HEADER, PROTOCOL_VERSION, TRUST_KEY_HEADER, protocol_major
 from flip_core.keys import hash_key, key_matches
 
 
@@ -108,6 +108,30 @@ async def get_trust(db: SessionDep, key: Annotated[str | None, Depends(_trust_ke
 
 
 CurrentTrust = Annotated[Trust, Depends(get_trust)]
+
+
+async def get_machine_trust(
+    trust: CurrentTrust,
+    version: Annotated[str | None, Header(alias=PROTOCOL_HEADER, description="hub<->trust protocol version")] = None,
+) -> Trust:
+    """An authenticated trust speaking a protocol this hub understands (unknown major → 400)."""
+    if not version:
+        raise ApiError(
+            f"send the {PROTOCOL_HEADER} header (this hub speaks {PROTOCOL_VERSION})", code="protocol_required"
+        )
+    try:
+        major = protocol_major(version)
+    except ValueError as exc:
+        raise ApiError(f"malformed {PROTOCOL_HEADER} {version!r}", code="protocol_malformed") from exc
+    if major != protocol_major(PROTOCOL_VERSION):
+        raise ApiError(
+            f"protocol {version} is not supported: this hub speaks {PROTOCOL_VERSION}; upgrade the trust agent",
+            code="protocol_unsupported",
+        )
+    return trust
+
+
+MachineTrust = Annotated[Trust, Depends(get_machine_trust)]
 
 
 class PageParams:

@@ -9,7 +9,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from flip_core.crypto import decode_key, encode_key, new_key
 from flip_core.settings import FlipSettings, default_state_dir
@@ -52,6 +52,11 @@ class HubSettings(FlipSettings):
     argon2_parallelism: int = Field(4, ge=1, le=16, validation_alias="FLIP_ARGON2_PARALLELISM")
     expose_docs: bool = Field(True, validation_alias="FLIP_EXPOSE_DOCS")
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias="FLIP_DB_POOL_SIZE")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> HubSettings:

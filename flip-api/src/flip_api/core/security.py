@@ -122,13 +122,6 @@ def totp_qr_svg(uri: str) -> str:
     return str(segno.make(uri, error="m").svg_inline(scale=4))
 
 
-def verify_totp(secret: str, code: str) -> bool:
-    code = code.strip().replace(" ", "")
-    if not code.isdigit() or len(code) != 6:
-        return False
-    return bool(pyotp.TOTP(secret).verify(code, valid_window=1))
-
-
 # --- secrets at rest --------------------------------------------------------------------------------
 
 

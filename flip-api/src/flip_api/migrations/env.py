@@ -8,15 +8,21 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from flip_api.db.models import Base
+from flip_api.db.session import normalise_url
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def run_migrations_online() -> None:
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
+    url = (
+        config.get_main_option("sqlalchemy.url")
+        or os.environ.get("DATABASE_URL")
+        or os.environ.get("FLIP_DATABASE_URL")
+    )
     if not url:
         raise SystemExit("set DATABASE_URL to the database to migrate")
+    url = normalise_url(url)
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field, StrictBool
 
 from flip_api.db.models import DecidedAs, ProjectStatus, TrustDecision
 from flip_api.schemas.common import LongText, Name, Strict
-from flip_api.services.projects import DecisionOutcome, MemberView, ProjectView, TrustDecisionView, TrustInboxItem
+from flip_api.services.project_views import MemberView, ProjectView, TrustDecisionView, TrustInboxItem
+from flip_api.services.projects import DecisionOutcome
 
 MAX_IDS = 500
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import lazyload
 
 from flip_api.core.errors import Conflict, NotFound, Unprocessable
 from flip_api.core.permissions import ROLES, RoleName
@@ -83,6 +84,8 @@ async def set_global_roles(db: AsyncSession, actor: Actor, user: User, roles: Se
             raise Unprocessable(f"{role.value} is granted per trust, through the trust's admins", code="trust_role")
     current = (await db.scalars(select(UserRole).where(UserRole.user_id == user.id, UserRole.trust_id.is_(None)))).all()
     have = {RoleName(g.role.name): g for g in current}
+    if RoleName.ADMIN in have and RoleName.ADMIN not in wanted:
+        await ensure_not_last_admin(db, user)
     for name, grant in have.items():
         if name not in wanted:
             await db.delete(grant)
@@ -112,6 +115,30 @@ async def grant_trust_role(
     await db.flush()
     await audit.record(db, actor, "trust.admin_added", "trust", trust.id, {"user_id": str(user.id), "role": role.value})
     return True
+
+
+async def ensure_not_last_admin(db: AsyncSession, user: User) -> None:
+    """Refuse a change that would leave the hub without an enabled Admin (409 ``last_admin``)."""
+    admin_role = await role_by_name(db, RoleName.ADMIN)
+    # Lock every Admin grant so that two concurrent demotions cannot both see "another admin left".
+    grants = (
+        await db.scalars(
+            select(UserRole)
+            .where(UserRole.role_id == admin_role.id, UserRole.trust_id.is_(None))
+            .options(lazyload(UserRole.role))
+            .with_for_update()
+        )
+    ).all()
+    if all(g.user_id != user.id for g in grants):
+        return
+    others = [g.user_id for g in grants if g.user_id != user.id]
+    enabled_others = (
+        await db.scalar(select(func.count()).select_from(User).where(User.id.in_(others), User.enabled.is_(True)))
+        if others
+        else 0
+    )
+    if not enabled_others:
+        raise Conflict("this would leave the hub without an enabled Admin; appoint another first", code="last_admin")
 
 
 async def revoke_sessions(db: AsyncSession, user_id: uuid.UUID, reason: str) -> int:

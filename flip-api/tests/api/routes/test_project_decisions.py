@@ -109,18 +109,20 @@ async def test_stage_rejects_bad_trust_lists_and_writes_nothing(
     trust = await _trust(hub, "ST1")
     project_id = await _project(client, owner.headers)
     url = f"/api/projects/{project_id}/stage"
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"trust_ids": []}, "no_trusts"),
-        ({"trust_ids": [str(trust.id), str(trust.id)]}, "duplicate_trust"),
-        ({"trust_ids": [str(trust.id), str(uuid.uuid4())]}, "unknown_trust"),
-        ({"trust_ids": ["nope"]}, "validation_error"),
-        ({}, "validation_error"),
-        ({"trust_ids": [str(trust.id)], "force": True}, "validation_error"),
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"trust_ids": []}, 409, "staging_precondition_failed"),
+        ({"trust_ids": [str(trust.id), str(trust.id)]}, 422, "duplicate_trust_id"),
+        ({"trust_ids": [str(trust.id), str(uuid.uuid4())]}, 409, "staging_precondition_failed"),
+        ({"trust_ids": ["nope"]}, 422, "validation_error"),
+        ({}, 422, "validation_error"),
+        ({"trust_ids": [str(trust.id)], "force": True}, 422, "validation_error"),
     ]
-    for body, code in cases:
+    for body, status, code in cases:
         response = await client.post(url, json=body, headers=owner.headers)
-        assert response.status_code == 422, body
+        assert response.status_code == status, body
         assert response.json()["code"] == code, body
+    unknown = await client.post(url, json={"trust_ids": [str(uuid.uuid4())]}, headers=owner.headers)
+    assert "unknown_trust" in unknown.json()["detail"]
     assert await db.scalar(select(func.count()).select_from(ProjectTrust)) == 0
     assert (await _get(client, owner.headers, project_id))["status"] == "UNSTAGED"
     assert await _actions(db, project_id) == ["project.created"]

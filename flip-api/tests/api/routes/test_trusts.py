@@ -12,9 +12,16 @@ from flip_api.core.permissions import Perm, RoleName
 from flip_api.core.state import HubState
 from flip_api.db.models import Trust, TrustPayloadKey
 from flip_api.services.trusts import payload_keyring
-from flip_core.contract import TrustKit
+from flip_core.contract import PROTOCOL_VERSION, TrustKit
 from flip_core.crypto import decode_key
 from flip_core.keys import hash_key
+
+
+def _machine(key: str | None) -> dict[str, str]:
+    headers = {"X-Flip-Protocol": PROTOCOL_VERSION}
+    if key is not None:
+        headers["X-Trust-Key"] = key
+    return headers
 
 
 async def _register(client: httpx.AsyncClient, headers: dict[str, str], code: str = "ELSE") -> dict[str, object]:
@@ -57,18 +64,33 @@ async def test_register_shows_keys_once_and_stores_only_hash(
 async def test_whoami_echoes_identity_and_rejects_bad_keys(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     admin = await make_user(RoleName.ADMIN)
     kit = TrustKit.from_env(str((await _register(client, admin.headers))["kit_env"]))
-    r = await client.get("/api/trust/whoami", headers={"X-Trust-Key": kit.api_key})
+    r = await client.get("/api/trust/whoami", headers=_machine(kit.api_key))
     assert r.status_code == 200
     assert r.json() == {"trust_id": str(kit.trust_id), "code": "ELSE", "name": "Trust ELSE", "protocol_version": "1.0"}
-    r = await client.get("/api/trust/whoami", headers={"X-Trust-Key": kit.api_key + "x"})
+    r = await client.get("/api/trust/whoami", headers=_machine(kit.api_key + "x"))
     assert r.status_code == 401
     assert r.json()["code"] == "invalid_trust_key"
-    r = await client.get("/api/trust/whoami")
+    r = await client.get("/api/trust/whoami", headers=_machine(None))
     assert r.status_code == 401
     assert r.json()["code"] == "missing_trust_key"
     # A user token is not a trust key.
-    r = await client.get("/api/trust/whoami", headers=admin.headers)
+    r = await client.get("/api/trust/whoami", headers={**admin.headers, "X-Flip-Protocol": "1.0"})
     assert r.status_code == 401
+
+
+async def test_machine_routes_refuse_unknown_protocol_versions(client: httpx.AsyncClient, make_user: MakeUser) -> None:
+    admin = await make_user(RoleName.ADMIN)
+    kit = TrustKit.from_env(str((await _register(client, admin.headers))["kit_env"]))
+    cases = [(None, "protocol_required"), ("2.0", "protocol_unsupported"), ("one", "protocol_malformed")]
+    for version, code in cases:
+        headers = {"X-Trust-Key": kit.api_key}
+        if version is not None:
+            headers["X-Flip-Protocol"] = version
+        r = await client.get("/api/trust/whoami", headers=headers)
+        assert r.status_code == 400, version
+        assert r.json()["code"] == code
+    r = await client.get("/api/trust/whoami", headers={"X-Trust-Key": kit.api_key, "X-Flip-Protocol": "1.7"})
+    assert r.status_code == 200
 
 
 async def test_duplicate_trust_refused_and_nothing_written(
@@ -101,8 +123,8 @@ async def test_rotation_invalidates_old_key_and_keeps_old_payload_keys(
     new = TrustKit.from_env(r.json()["kit_env"])
     assert new.api_key != old.api_key
     assert new.payload_key_id != old.payload_key_id
-    assert (await client.get("/api/trust/whoami", headers={"X-Trust-Key": old.api_key})).status_code == 401
-    assert (await client.get("/api/trust/whoami", headers={"X-Trust-Key": new.api_key})).status_code == 200
+    assert (await client.get("/api/trust/whoami", headers=_machine(old.api_key))).status_code == 401
+    assert (await client.get("/api/trust/whoami", headers=_machine(new.api_key))).status_code == 200
     async with hub.sessions() as s:
         trust = await s.get(Trust, old.trust_id)
         assert trust is not None

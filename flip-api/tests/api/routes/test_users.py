@@ -191,3 +191,18 @@ async def test_roles_catalogue(client: httpx.AsyncClient, make_user: MakeUser) -
     assert roles["Trust Admin"]["trust_scoped"] is True
     assert "CAN_APPROVE_FOR_TRUST" not in roles["Admin"]["permissions"]
     assert roles["Viewer"]["permissions"] == []
+
+
+async def test_the_last_admin_cannot_be_demoted_or_disabled(client: httpx.AsyncClient, make_user: MakeUser) -> None:
+    admin = await make_user(RoleName.ADMIN)
+    r = await client.put(f"/api/users/{admin.id}/roles", headers=admin.headers, json={"roles": ["Researcher"]})
+    assert r.status_code == 409
+    assert r.json()["code"] == "last_admin"
+    r = await client.patch(f"/api/users/{admin.id}", headers=admin.headers, json={"enabled": False})
+    assert r.status_code == 409
+    assert (await client.get("/api/users/me", headers=admin.headers)).json()["permissions"]
+    second = await make_user(RoleName.ADMIN)
+    r = await client.put(f"/api/users/{admin.id}/roles", headers=second.headers, json={"roles": ["Researcher"]})
+    assert r.status_code == 200
+    r = await client.patch(f"/api/users/{second.id}", headers=second.headers, json={"enabled": False})
+    assert r.status_code == 409

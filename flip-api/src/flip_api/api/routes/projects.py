@@ -22,13 +22,13 @@ from flip_api.schemas.projects import (
     StageIn,
     TrustInboxOut,
 )
-from flip_api.services import projects
+from flip_api.services import project_access, project_views, projects
 
 router = APIRouter(tags=["projects"])
 
 
 async def _out(db: SessionDep, project: Project) -> ProjectOut:
-    return ProjectOut.of(await projects.project_view(db, project))
+    return ProjectOut.of(await project_views.project_view(db, project))
 
 
 @router.get("/projects", response_model=Page[ProjectOut])
@@ -41,10 +41,10 @@ async def list_projects(
     mine: Annotated[bool, Query(description="only projects I own or am a member of")] = False,
 ) -> Page[ProjectOut]:
     """Projects the caller may read, newest first."""
-    found, total = await projects.list_projects(
+    found, total = await project_views.list_projects(
         db, user, offset=page.offset, limit=page.page_size, q=q, status=status, mine=mine
     )
-    views = await projects.project_views(db, found)
+    views = await project_views.project_views(db, found)
     return Page(items=[ProjectOut.of(v) for v in views], total=total, page=page.page, page_size=page.page_size)
 
 
@@ -67,7 +67,7 @@ async def create_project(body: ProjectCreate, user: CurrentUser, db: SessionDep)
 @router.get("/projects/{project_id}", response_model=ProjectOut)
 async def get_project(project_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> ProjectOut:
     """One project, with its members and per-trust decisions."""
-    return await _out(db, await projects.get_project(db, user, project_id))
+    return await _out(db, await project_access.get_project(db, user, project_id))
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectOut)
@@ -89,7 +89,7 @@ async def delete_project(project_id: uuid.UUID, user: CurrentUser, db: SessionDe
 @router.get("/projects/{project_id}/members", response_model=list[MemberOut])
 async def list_members(project_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> list[MemberOut]:
     """The project's members (the owner is listed on the project, not here)."""
-    return [MemberOut.of(m) for m in await projects.list_members(db, user, project_id)]
+    return [MemberOut.of(m) for m in await project_views.list_members(db, user, project_id)]
 
 
 @router.post("/projects/{project_id}/members", response_model=list[MemberOut])
@@ -97,7 +97,7 @@ async def add_member(project_id: uuid.UUID, body: MemberIn, user: CurrentUser, d
     """Add a member (idempotent); answers with the members after the change."""
     await projects.add_member(db, user, project_id, body.user_id)
     await db.commit()
-    return [MemberOut.of(m) for m in await projects.list_members(db, user, project_id)]
+    return [MemberOut.of(m) for m in await project_views.list_members(db, user, project_id)]
 
 
 @router.delete("/projects/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -127,7 +127,7 @@ async def unstage_project(project_id: uuid.UUID, user: CurrentUser, db: SessionD
 @router.get("/projects/{project_id}/trusts", response_model=list[ProjectTrustOut])
 async def list_project_trusts(project_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> list[ProjectTrustOut]:
     """The trusts the project is staged at, their decisions, and who decides for each."""
-    return [ProjectTrustOut.of(t) for t in await projects.trust_decisions(db, user, project_id)]
+    return [ProjectTrustOut.of(t) for t in await project_views.trust_decisions(db, user, project_id)]
 
 
 @router.post("/projects/{project_id}/trusts/{trust_id}/decision", response_model=DecisionOut)
@@ -149,7 +149,7 @@ async def trust_decisions(
     decision: Annotated[TrustDecision | None, Query(description="only projects with this decision")] = None,
 ) -> Page[TrustInboxOut]:
     """Projects staged at a trust, pending first: the trust's decision list."""
-    items, total = await projects.trust_inbox(
+    items, total = await project_views.trust_inbox(
         db, user, trust_id, offset=page.offset, limit=page.page_size, decision=decision
     )
     return Page(items=[TrustInboxOut.of(i) for i in items], total=total, page=page.page, page_size=page.page_size)

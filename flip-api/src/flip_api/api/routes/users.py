@@ -83,7 +83,7 @@ async def update_me(body: ProfileUpdate, user: CurrentUser, db: SessionDep) -> U
 
 @router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
 async def change_password(body: PasswordChange, user: CurrentUser, db: SessionDep) -> Response:
-    """Change your password; every other session of yours is signed out."""
+    """Change your password; every session of yours, this one included, is signed out."""
     target = await users.get_user(db, user.id)
     if not verify_password(body.current_password, target.password_hash):
         raise NotAuthenticated("current password is incorrect", code="invalid_credentials")
@@ -149,6 +149,8 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate, admin: AdminUsers, d
     """Edit a user's profile or enable/disable them (disabling signs them out everywhere)."""
     target = await users.get_user(db, user_id)
     changes = body.model_dump(exclude_none=True)
+    if changes.get("enabled") is False and target.enabled:
+        await users.ensure_not_last_admin(db, target)
     for key, value in changes.items():
         setattr(target, key, value)
     if changes.get("enabled") is False:

@@ -1,0 +1,171 @@
+"""``flip demo``: the phase runner, and the full walkthrough as a real process (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from flip_cli.demo.command import run_phases
+from flip_cli.demo.context import DemoContext, Phase, PhaseResult
+from flip_cli.demo.errors import DemoError
+
+DEMO_TIMEOUT_S = 300
+
+
+def _ok_phase(ctx: DemoContext) -> PhaseResult:
+    return {"answer": 42}
+
+
+def _failing_phase(ctx: DemoContext) -> PhaseResult:
+    raise DemoError("the hub said no")
+
+
+def _crashing_phase(ctx: DemoContext) -> PhaseResult:
+    raise RuntimeError("boom")
+
+
+def test_runner_records_ok_failed_and_skipped(tmp_path: Path) -> None:
+    summary: dict[str, object] = {}
+    phases = [
+        Phase("first", "First", _ok_phase),
+        Phase("second", "Second", _failing_phase),
+        Phase("third", "", _ok_phase),
+    ]
+    with ExitStack() as stack:
+        ok = run_phases(DemoContext(state_dir=tmp_path, requested_port=None, stack=stack), phases, summary)
+
+    assert ok is False
+    assert summary["first"] == {"status": "ok", "answer": 42, "duration_s": pytest.approx(0, abs=1)}
+    assert summary["second"] == {"status": "failed", "error": "the hub said no", "duration_s": pytest.approx(0, abs=1)}
+    assert summary["third"] == {"status": "skipped"}
+
+
+def test_runner_reports_unexpected_errors_with_a_saved_traceback(tmp_path: Path) -> None:
+    summary: dict[str, dict[str, object]] = {}
+    with ExitStack() as stack:
+        ok = run_phases(
+            DemoContext(state_dir=tmp_path, requested_port=None, stack=stack),
+            [Phase("only", "Only", _crashing_phase)],
+            summary,
+        )
+
+    assert ok is False
+    assert summary["only"]["error"] == "RuntimeError: boom"
+    assert "RuntimeError: boom" in (tmp_path / "logs" / "demo-error.log").read_text()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A state dir outside pytest's basetemp: as root, embedded PostgreSQL runs as another user and must
+    traverse every parent directory, and pytest keeps its own basetemp private (0700)."""
+    path = Path(tempfile.mkdtemp(prefix="flip-demo-test-"))
+    yield path / "state"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _demo_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("DATABASE_URL", "FLIP_DATABASE_URL", "FLIP_STATE_DIR", "FLIP_HUB_PORT"):
+        env.pop(name, None)  # the demo must run on embedded defaults, not on the test server
+    return env
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path, state_dir: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    command = [sys.executable, "-m", "flip_cli.main", "demo", "--exit-when-done", "--summary", str(summary_path)]
+    done = subprocess.run(
+        [*command, "--state-dir", str(state_dir)],
+        env=_demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "ok"
+    assert summary["project"]["status"] == "ok"
+    assert summary["project"]["project_status"] == "APPROVED"
+    assert {(d["trust"], d["decided_as"]) for d in summary["project"]["decisions"]} == {
+        ("ELSE", "SITE"),
+        ("RIVR", "HUB"),
+    }
+    assert summary["trusts"]["status"] == "ok"
+    assert summary["trusts"]["registered"] == ["ELSE", "RIVR"]
+    assert summary["trusts"]["whoami_ok"] is True
+    assert summary["audit"]["chain_ok"] is True
+    assert summary["audit"]["entries"] > 0
+    for code in ("ELSE", "RIVR"):
+        assert stat.S_IMODE((state_dir / "kits" / f"{code}.env").stat().st_mode) == 0o600
+    assert _gone(summary["hub"]["pid"])
+    assert _processes_mentioning(str(state_dir)) == []
+
+
+@pytest.mark.slow
+def test_interactive_demo_stops_its_children_on_sigterm(tmp_path: Path, state_dir: Path) -> None:
+    log = tmp_path / "demo.out"
+    with log.open("w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "flip_cli.main", "demo", "--state-dir", str(state_dir)],
+            env=_demo_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + DEMO_TIMEOUT_S
+            while "Press Ctrl-C" not in log.read_text() and demo.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert demo.poll() is None, log.read_text()
+            assert "TOTP secret" in log.read_text()
+            assert _processes_mentioning(str(state_dir)), "embedded PostgreSQL should be running"
+
+            demo.send_signal(signal.SIGTERM)
+            returncode = demo.wait(60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+
+    output = log.read_text()
+    assert returncode == 0, output
+    hub_pid = re.search(r"hub starting \(pid (\d+)", output)
+    assert hub_pid, output
+    assert _gone(int(hub_pid.group(1)))
+    assert _processes_mentioning(str(state_dir)) == []
