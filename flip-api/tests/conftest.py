@@ -17,19 +17,14 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from hub_testing import MakeUser, TestUser
+from hub_testing import MakeUser, make_user_factory
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.config import HubSettings
-from flip_api.core.permissions import RoleName
 from flip_api.core.state import HubState
-from flip_api.db.models import Trust
-from flip_api.db.session import libpq_conninfo, normalise_url, run_migrations, transaction
+from flip_api.db.session import libpq_conninfo, normalise_url, run_migrations
 from flip_api.main import create_app
-from flip_api.services import auth as auth_service
-from flip_api.services import users as users_service
-from flip_api.services.audit import Actor
 from flip_core.embedded_pg import EmbeddedPostgres
 
 TEMPLATE_DB = f"flip_tmpl_{os.getpid()}"
@@ -126,22 +121,4 @@ async def db(hub: HubState) -> AsyncIterator[AsyncSession]:
 @pytest.fixture
 def make_user(hub: HubState) -> MakeUser:
     """Create a user with global roles (and optional Trust Admin grants) and a signed-in session."""
-
-    async def _make(
-        *roles: RoleName,
-        email: str | None = None,
-        trust_admin_of: list[Trust] | None = None,
-        name: str = "Test User",
-    ) -> TestUser:
-        email = email or f"user-{uuid.uuid4().hex[:8]}@example.org"
-        password = "correct-horse-" + uuid.uuid4().hex[:8]
-        async with transaction(hub.sessions) as session:
-            user, _ = await users_service.create_user(
-                session, Actor.system("test"), email=email, name=name, roles=list(roles), password=password
-            )
-            for trust in trust_admin_of or []:
-                await users_service.grant_trust_role(session, Actor.system("test"), user, trust)
-            tokens = await auth_service.start_session(session, hub, user)
-        return TestUser(user, password, {"Authorization": f"Bearer {tokens.access_token}"})
-
-    return _make
+    return make_user_factory(hub)

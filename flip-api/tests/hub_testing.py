@@ -10,7 +10,13 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from flip_api.db.models import User
+from flip_api.core.permissions import RoleName
+from flip_api.core.state import HubState
+from flip_api.db.models import Trust, User
+from flip_api.db.session import transaction
+from flip_api.services import auth as auth_service
+from flip_api.services import users as users_service
+from flip_api.services.audit import Actor
 
 
 @dataclass
@@ -55,3 +61,26 @@ def framework_paths(app: FastAPI) -> set[str]:
         for ctx in iter_route_contexts(app.routes)
         if not isinstance(ctx.original_route, APIRoute) and ctx.path is not None
     }
+
+
+def make_user_factory(hub: HubState) -> MakeUser:
+    """Create a user with global roles (and optional Trust Admin grants) and a signed-in session."""
+
+    async def _make(
+        *roles: RoleName,
+        email: str | None = None,
+        trust_admin_of: list[Trust] | None = None,
+        name: str = "Test User",
+    ) -> TestUser:
+        email = email or f"user-{uuid.uuid4().hex[:8]}@example.org"
+        password = "correct-horse-" + uuid.uuid4().hex[:8]
+        async with transaction(hub.sessions) as session:
+            user, _ = await users_service.create_user(
+                session, Actor.system("test"), email=email, name=name, roles=list(roles), password=password
+            )
+            for trust in trust_admin_of or []:
+                await users_service.grant_trust_role(session, Actor.system("test"), user, trust)
+            tokens = await auth_service.start_session(session, hub, user)
+        return TestUser(user, password, {"Authorization": f"Bearer {tokens.access_token}"})
+
+    return _make

@@ -12,6 +12,7 @@ from flip_api import __version__
 from flip_api.api.router import api_router
 from flip_api.core.config import HubSettings
 from flip_api.core.errors import install_error_handlers
+from flip_api.core.identity import BuiltinVerifier, IdentityService, OidcVerifier, TokenVerifier
 from flip_api.core.middleware import RequestContextMiddleware
 from flip_api.core.security import configure_password_hashing
 from flip_api.core.state import HubState
@@ -32,12 +33,21 @@ def create_app(settings: HubSettings, database_url: str) -> FastAPI:
         sessions = make_sessionmaker(engine)
         async with transaction(sessions) as db:
             await seed_roles(db)
+        jwt_secret = settings.jwt_secret_value()
+        verifiers: list[TokenVerifier] = [BuiltinVerifier(jwt_secret)]
+        if settings.oidc_jwks_url and settings.oidc_issuer:
+            verifiers.append(
+                OidcVerifier(
+                    settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience, settings.oidc_email_claim
+                )
+            )
         app.state.hub = HubState(
             settings=settings,
             engine=engine,
             sessions=sessions,
-            jwt_secret=settings.jwt_secret_value(),
+            jwt_secret=jwt_secret,
             data_key=settings.data_key_bytes(),
+            identity=IdentityService(verifiers),
         )
         log.info("hub started", extra={"version": __version__, "env": settings.env.value})
         try:

@@ -15,7 +15,7 @@ import httpx
 import pyotp
 
 from flip_cli.demo.errors import DemoError
-from flip_core.contract import TRUST_KEY_HEADER
+from flip_core.contract import PROTOCOL_HEADER, PROTOCOL_VERSION, TRUST_KEY_HEADER
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ class HubClient:
 
     def whoami(self, api_key: str) -> dict[str, Any]:
         """The identity the hub resolves a trust API key to (the trust agent's start-up check)."""
-        return self.call("GET", "/api/trust/whoami", headers={TRUST_KEY_HEADER: api_key})
+        headers = {TRUST_KEY_HEADER: api_key, PROTOCOL_HEADER: PROTOCOL_VERSION}
+        return self.call("GET", "/api/trust/whoami", headers=headers)
 
 
 def _tokens(body: object, path: str) -> dict[str, str]:

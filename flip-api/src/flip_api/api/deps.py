@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
@@ -15,9 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flip_api.core.config import HubSettings
 from flip_api.core.errors import ApiError, Forbidden, NotAuthenticated
 from flip_api.core.permissions import Perm
-from flip_api.core.security import InvalidToken, decode_token
 from flip_api.core.state import HubState
-from flip_api.db.models import AuthSession, Trust, User
+from flip_api.db.models import Trust
 from flip_api.services.rbac import Principal, load_principal
 from flip_core.contract import PROTOCOL_HEADER, PROTOCOL_VERSION, TRUST_KEY_HEADER, protocol_major
 from flip_core.keys import hash_key, key_matches
@@ -57,22 +54,8 @@ async def get_principal(
     """The signed-in user; 401 unless the token is valid, its session live and the user enabled."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise NotAuthenticated("sign in first: missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    try:
-        claims = decode_token(hub.jwt_secret, creds.credentials, kind="access")
-        user_id = uuid.UUID(claims["sub"])
-        session_id = uuid.UUID(claims["sid"])
-    except (InvalidToken, KeyError, ValueError) as exc:
-        raise NotAuthenticated(f"access token rejected: {exc}", code="invalid_token") from exc
-    auth_session = await db.get(AuthSession, session_id)
-    now = datetime.now(UTC)
-    if auth_session is None or auth_session.user_id != user_id or auth_session.revoked_at is not None:
-        raise NotAuthenticated("session has been revoked; sign in again", code="session_revoked")
-    if auth_session.expires_at <= now:
-        raise NotAuthenticated("session expired; sign in again", code="session_expired")
-    user = await db.get(User, user_id)
-    if user is None or not user.enabled:
-        raise NotAuthenticated("account is disabled", code="account_disabled")
-    return await load_principal(db, user, session_id)
+    identity = await hub.identity.verify(db, creds.credentials)
+    return await load_principal(db, identity.user, identity.session_id)
 
 
 CurrentUser = Annotated[Principal, Depends(get_principal)]

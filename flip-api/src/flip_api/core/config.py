@@ -47,6 +47,10 @@ class HubSettings(FlipSettings):
     rate_limit_login_per_min: int = Field(20, ge=1, validation_alias="FLIP_RATE_LIMIT_LOGIN_PER_MIN")
     rate_limit_access_request_per_min: int = Field(5, ge=1, validation_alias="FLIP_RATE_LIMIT_ACCESS_REQUEST_PER_MIN")
     rate_limit_user_lookup_per_min: int = Field(60, ge=1, validation_alias="FLIP_RATE_LIMIT_USER_LOOKUP_PER_MIN")
+    oidc_jwks_url: str | None = Field(None, validation_alias="FLIP_OIDC_JWKS_URL")
+    oidc_issuer: str | None = Field(None, validation_alias="FLIP_OIDC_ISSUER")
+    oidc_audience: str | None = Field(None, validation_alias="FLIP_OIDC_AUDIENCE")
+    oidc_email_claim: str = Field("email", validation_alias="FLIP_OIDC_EMAIL_CLAIM")
     argon2_time_cost: int = Field(3, ge=1, le=20, validation_alias="FLIP_ARGON2_TIME_COST")
     argon2_memory_kib: int = Field(65536, ge=1024, le=4 * 1024 * 1024, validation_alias="FLIP_ARGON2_MEMORY_KIB")
     argon2_parallelism: int = Field(4, ge=1, le=16, validation_alias="FLIP_ARGON2_PARALLELISM")
@@ -57,6 +61,12 @@ class HubSettings(FlipSettings):
     @classmethod
     def _absolute_state_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _oidc_is_complete(self) -> HubSettings:
+        if (self.oidc_jwks_url is None) != (self.oidc_issuer is None):
+            raise ValueError("FLIP_OIDC_JWKS_URL and FLIP_OIDC_ISSUER must be set together")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> HubSettings:

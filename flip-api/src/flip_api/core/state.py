@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flip_api.core.config import HubSettings
+from flip_api.core.identity import IdentityService
 from flip_api.core.ratelimit import RateLimiter
 
 
@@ -17,4 +18,5 @@ class HubState:
     sessions: async_sessionmaker[AsyncSession]
     jwt_secret: str = field(repr=False)
     data_key: bytes = field(repr=False)
+    identity: IdentityService = field(repr=False)
     limiter: RateLimiter = field(default_factory=RateLimiter)
