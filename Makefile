@@ -12,9 +12,12 @@ export UV_LINK_MODE ?= copy
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-ensure-uv:
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
-		$(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv
+ensure-uv: ## install uv with pip when it is missing (pip itself from Debian packages when root)
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || { \
+		$(PYTHON) -m pip --version >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+			apt-get update -qq && apt-get install -y -qq python3-pip; }; \
+		$(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv || \
+		$(PYTHON) -m pip install --quiet --break-system-packages uv; }
 
 install: ensure-uv ## install the workspace (uv sync from uv.lock)
 	$(UV) sync --locked
