@@ -17,6 +17,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flip_api.core.config import HubSettings
+from flip_api.core.security import configure_password_hashing
 from flip_api.db.session import make_engine, make_sessionmaker, resolve_database, run_migrations, transaction
 from flip_api.services.rbac import seed_roles
 from flip_cli.errors import translate_errors
@@ -88,6 +89,7 @@ def open_hub_database(settings: HubSettings, *, prepare: bool) -> Iterator[HubDa
     bootstrap commands work on an empty database.  An embedded server started here is stopped on exit
     (it keeps running while another process, such as a running hub, still holds it).
     """
+    configure_password_hashing(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
     with translate_errors():
         resolved = resolve_database(settings.database_url, settings.state_dir)
     try:
