@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, StringConstraints
 
 from flip_api.schemas.common import Name, Strict
+from flip_api.services.trusts import TrustStatus
 
 TrustCode = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=2, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 ]
 Region = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
-
-
-class TrustStatus(StrEnum):
-    ONLINE = "online"
-    DEGRADED = "degraded"
-    OFFLINE = "offline"
-    NEVER_SEEN = "never_seen"
 
 
 class TrustOut(BaseModel):

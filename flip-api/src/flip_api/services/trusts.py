@@ -8,8 +8,10 @@ between the trust's own services) is minted into the kit and never stored on the
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -150,6 +152,42 @@ async def trust_admins(db: AsyncSession, trust_id: uuid.UUID) -> list[User]:
         .order_by(User.email)
     )
     return list(rows.all())
+
+
+async def managed_trust_ids(db: AsyncSession, trust_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these trusts have at least one Trust Admin (one query for any number of trusts)."""
+    if not trust_ids:
+        return set()
+    role = await role_by_name(db, RoleName.TRUST_ADMIN)
+    rows = await db.scalars(
+        select(UserRole.trust_id).where(UserRole.role_id == role.id, UserRole.trust_id.in_(trust_ids)).distinct()
+    )
+    return {tid for tid in rows.all() if tid is not None}
+
+
+class TrustStatus(StrEnum):
+    ONLINE = "online"
+    DEGRADED = "degraded"
+    OFFLINE = "offline"
+    NEVER_SEEN = "never_seen"
+
+
+HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+
+
+def trust_status(trust: Trust, now: datetime | None = None) -> TrustStatus:
+    """Online if a heartbeat arrived within the timeout; degraded if a service it reported is unhealthy."""
+    if trust.last_heartbeat is None:
+        return TrustStatus.NEVER_SEEN
+    now = now or datetime.now(UTC)
+    if now - trust.last_heartbeat > HEARTBEAT_TIMEOUT:
+        return TrustStatus.OFFLINE
+    services = (trust.services_health or {}).get("services", {})
+    if isinstance(services, dict) and any(
+        isinstance(s, dict) and s.get("state") not in (None, "healthy") for s in services.values()
+    ):
+        return TrustStatus.DEGRADED
+    return TrustStatus.ONLINE
 
 
 async def has_trust_admins(db: AsyncSession, trust_id: uuid.UUID) -> bool:

@@ -183,7 +183,13 @@ async def test_any_signed_in_user_reads_the_roster(client: httpx.AsyncClient, ma
     admin = await make_user(RoleName.ADMIN)
     await _register(client, admin.headers, "AAA")
     viewer = await make_user(RoleName.VIEWER)
+    await _register(client, admin.headers, "BBB")
     r = await client.get("/api/trusts", headers=viewer.headers)
     assert r.status_code == 200
-    assert [t["code"] for t in r.json()] == ["AAA"]
+    assert [t["code"] for t in r.json()["items"]] == ["AAA", "BBB"]
+    assert r.json()["total"] == 2
+    r = await client.get("/api/trusts", headers=viewer.headers, params={"page_size": 1, "page": 2})
+    assert [t["code"] for t in r.json()["items"]] == ["BBB"]
+    r = await client.get("/api/trusts", headers=viewer.headers, params={"q": "bb"})
+    assert [t["code"] for t in r.json()["items"]] == ["BBB"]
     assert (await client.get("/api/trusts")).status_code == 401

@@ -3,59 +3,65 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
-from sqlalchemy import select
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy import func, or_, select
 
-from flip_api.api.deps import AdminTrusts, CurrentUser, HubDep, SessionDep
+from flip_api.api.deps import AdminTrusts, CurrentUser, HubDep, PageDep, SessionDep
 from flip_api.core.errors import Forbidden, NotFound
 from flip_api.core.permissions import Perm
 from flip_api.db.models import Trust, User
-from flip_api.schemas.trusts import KitOut, TrustAdminIn, TrustAdminOut, TrustOut, TrustRegister, TrustStatus
+from flip_api.schemas.common import Page
+from flip_api.schemas.trusts import KitOut, TrustAdminIn, TrustAdminOut, TrustOut, TrustRegister
 from flip_api.services import trusts, users
 from flip_api.services.audit import Actor
 from flip_api.services.rbac import Principal
 
 router = APIRouter(prefix="/trusts", tags=["trusts"])
 
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 
-
-def trust_status(trust: Trust, now: datetime | None = None) -> TrustStatus:
-    """Online if a heartbeat arrived recently; degraded if a service it reported is not healthy."""
-    if trust.last_heartbeat is None:
-        return TrustStatus.NEVER_SEEN
-    now = now or datetime.now(UTC)
-    if now - trust.last_heartbeat > HEARTBEAT_TIMEOUT:
-        return TrustStatus.OFFLINE
-    services = (trust.services_health or {}).get("services", {})
-    if isinstance(services, dict) and any(
-        isinstance(s, dict) and s.get("state") not in (None, "healthy") for s in services.values()
-    ):
-        return TrustStatus.DEGRADED
-    return TrustStatus.ONLINE
+async def trust_outs(db: SessionDep, rows: Sequence[Trust]) -> list[TrustOut]:
+    managed = await trusts.managed_trust_ids(db, [t.id for t in rows])
+    now = datetime.now(UTC)
+    return [
+        TrustOut(
+            id=t.id,
+            name=t.name,
+            code=t.code,
+            region=t.region,
+            created_at=t.created_at,
+            last_heartbeat=t.last_heartbeat,
+            status=trusts.trust_status(t, now),
+            services_health=t.services_health,
+            decides_as="SITE" if t.id in managed else "HUB",
+        )
+        for t in rows
+    ]
 
 
 async def trust_out(db: SessionDep, trust: Trust) -> TrustOut:
-    return TrustOut(
-        id=trust.id,
-        name=trust.name,
-        code=trust.code,
-        region=trust.region,
-        created_at=trust.created_at,
-        last_heartbeat=trust.last_heartbeat,
-        status=trust_status(trust),
-        services_health=trust.services_health,
-        decides_as="SITE" if await trusts.has_trust_admins(db, trust.id) else "HUB",
-    )
+    (out,) = await trust_outs(db, [trust])
+    return out
 
 
-@router.get("", response_model=list[TrustOut])
-async def list_trusts(user: CurrentUser, db: SessionDep) -> list[TrustOut]:
-    """Every registered trust with its liveness (readable by any signed-in user)."""
-    rows = (await db.scalars(select(Trust).order_by(Trust.name))).all()
-    return [await trust_out(db, t) for t in rows]
+@router.get("", response_model=Page[TrustOut])
+async def list_trusts(
+    user: CurrentUser,
+    db: SessionDep,
+    page: PageDep,
+    q: Annotated[str | None, Query(max_length=200, description="text in the name or code")] = None,
+) -> Page[TrustOut]:
+    """Registered trusts by name, with liveness and who decides for each (any signed-in user)."""
+    query = select(Trust)
+    if q:
+        like = f"%{q.lower()}%"
+        query = query.where(or_(func.lower(Trust.name).like(like), func.lower(Trust.code).like(like)))
+    total = await db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = (await db.scalars(query.order_by(Trust.name, Trust.id).offset(page.offset).limit(page.page_size))).all()
+    return Page(items=await trust_outs(db, rows), total=total, page=page.page, page_size=page.page_size)
 
 
 @router.get("/{trust_id}", response_model=TrustOut)
