@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 from hub_testing import MakeUser, make_user_factory
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -94,18 +95,22 @@ def settings(tmp_path: Path) -> HubSettings:
 
 
 @pytest.fixture
-async def hub(settings: HubSettings, db_url: str) -> AsyncIterator[HubState]:
-    """The running hub's state (lifespan entered: migrated, roles seeded)."""
-    app = create_app(settings, db_url)
-    async with app.router.lifespan_context(app):
-        hub_state: HubState = app.state.hub
-        hub_state.app = app  # type: ignore[attr-defined]
-        yield hub_state
+async def app(settings: HubSettings, db_url: str) -> AsyncIterator[FastAPI]:
+    """The hub application with its lifespan entered (migrated, roles seeded)."""
+    application = create_app(settings, db_url)
+    async with application.router.lifespan_context(application):
+        yield application
 
 
 @pytest.fixture
-async def client(hub: HubState) -> AsyncIterator[httpx.AsyncClient]:
-    app = hub.app  # type: ignore[attr-defined]
+def hub(app: FastAPI) -> HubState:
+    """The running hub's process state: settings, sessions, keys, limiter."""
+    state: HubState = app.state.hub
+    return state
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as c:
         yield c

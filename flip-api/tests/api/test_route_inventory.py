@@ -15,7 +15,6 @@ from fastapi.dependencies.models import Dependant
 from hub_testing import api_routes, framework_paths
 
 from flip_api.api.deps import get_principal, get_trust
-from flip_api.core.state import HubState
 
 # (method, path) -> why it is public.
 PUBLIC_ROUTES: dict[tuple[str, str], str] = {
@@ -34,11 +33,6 @@ AUTH_DEPENDENCIES = {get_principal, get_trust}
 MIN_ROUTES = 40
 
 
-def _app(hub: HubState) -> FastAPI:
-    app: FastAPI = hub.app  # type: ignore[attr-defined]
-    return app
-
-
 def _api_routes(app: FastAPI) -> list[tuple[str, str, Dependant]]:
     return [(r.method, r.path, r.dependant) for r in api_routes(app)]
 
@@ -49,8 +43,7 @@ def _requires_auth(dependant: Dependant) -> bool:
     return any(_requires_auth(d) for d in dependant.dependencies)
 
 
-def test_static_every_route_is_authenticated_or_allowlisted(hub: HubState) -> None:
-    app = _app(hub)
+def test_static_every_route_is_authenticated_or_allowlisted(app: FastAPI) -> None:
     routes = _api_routes(app)
     assert len(routes) >= MIN_ROUTES, f"only {len(routes)} routes: did a router drop out?"
     unauthenticated = [
@@ -69,8 +62,7 @@ def test_static_every_route_is_authenticated_or_allowlisted(hub: HubState) -> No
     assert others <= PUBLIC_FRAMEWORK_PATHS, f"unexpected non-API routes: {others - PUBLIC_FRAMEWORK_PATHS}"
 
 
-async def test_live_every_protected_route_refuses_anonymous_callers(hub: HubState, client: httpx.AsyncClient) -> None:
-    app = _app(hub)
+async def test_live_every_protected_route_refuses_anonymous_callers(app: FastAPI, client: httpx.AsyncClient) -> None:
     for method, path, _ in _api_routes(app):
         if (method, path) in PUBLIC_ROUTES:
             continue
@@ -81,9 +73,9 @@ async def test_live_every_protected_route_refuses_anonymous_callers(hub: HubStat
         assert set(body) == {"detail", "code"}, f"{method} {path} error body {body}"
 
 
-async def test_openapi_is_published_and_complete(hub: HubState, client: httpx.AsyncClient) -> None:
+async def test_openapi_is_published_and_complete(app: FastAPI, client: httpx.AsyncClient) -> None:
     response = await client.get("/api/openapi.json")
     assert response.status_code == 200
     spec = response.json()
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
-    assert {(m, p) for m, p, _ in _api_routes(_app(hub))} == documented
+    assert {(m, p) for m, p, _ in _api_routes(app)} == documented

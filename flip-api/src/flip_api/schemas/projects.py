@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StrictBool
 
 from flip_api.db.models import DecidedAs, ProjectStatus, TrustDecision
-from flip_api.schemas.common import LongText, Name, Strict
-from flip_api.services.project_views import MemberView, ProjectView, TrustDecisionView, TrustInboxItem
+from flip_api.schemas.common import LongText, Name, Public, Strict
+from flip_api.services.project_views import ProjectView
 from flip_api.services.projects import DecisionOutcome
 
 MAX_IDS = 500
@@ -43,7 +43,7 @@ class MemberIn(Strict):
     user_id: uuid.UUID
 
 
-class ProjectTrustOut(BaseModel):
+class ProjectTrustOut(Public):
     trust_id: uuid.UUID
     trust_name: str
     trust_code: str
@@ -53,20 +53,6 @@ class ProjectTrustOut(BaseModel):
     decided_at: datetime | None
     decided_as: DecidedAs | None
     decides_as: DecidedAs = Field(description="SITE when the trust has Trust Admins, else HUB")
-
-    @classmethod
-    def of(cls, view: TrustDecisionView) -> ProjectTrustOut:
-        return cls(
-            trust_id=view.trust_id,
-            trust_name=view.trust_name,
-            trust_code=view.trust_code,
-            staged_at=view.staged_at,
-            decision=view.decision,
-            decided_by=view.decided_by,
-            decided_at=view.decided_at,
-            decided_as=view.decided_as,
-            decides_as=view.decides_as,
-        )
 
 
 class ProjectOut(BaseModel):
@@ -100,19 +86,15 @@ class ProjectOut(BaseModel):
             staged_at=p.staged_at,
             approved_at=p.approved_at,
             member_ids=view.member_ids,
-            trusts=[ProjectTrustOut.of(t) for t in view.trusts],
+            trusts=[ProjectTrustOut.model_validate(t) for t in view.trusts],
         )
 
 
-class MemberOut(BaseModel):
+class MemberOut(Public):
     user_id: uuid.UUID
     email: str
     name: str
     added_at: datetime
-
-    @classmethod
-    def of(cls, view: MemberView) -> MemberOut:
-        return cls(user_id=view.user_id, email=view.email, name=view.name, added_at=view.added_at)
 
 
 class DecisionOut(BaseModel):
@@ -143,7 +125,7 @@ class DecisionOut(BaseModel):
         )
 
 
-class TrustInboxOut(BaseModel):
+class TrustInboxOut(Public):
     """A project staged at a trust, as its decision makers see it."""
 
     project_id: uuid.UUID
@@ -157,19 +139,3 @@ class TrustInboxOut(BaseModel):
     decided_by: uuid.UUID | None
     decided_at: datetime | None
     decided_as: DecidedAs | None
-
-    @classmethod
-    def of(cls, item: TrustInboxItem) -> TrustInboxOut:
-        return cls(
-            project_id=item.project_id,
-            project_name=item.project_name,
-            description=item.description,
-            owner_email=item.owner_email,
-            project_status=item.project_status,
-            has_imaging=item.has_imaging,
-            staged_at=item.staged_at,
-            decision=item.decision,
-            decided_by=item.decided_by,
-            decided_at=item.decided_at,
-            decided_as=item.decided_as,
-        )

@@ -89,7 +89,7 @@ async def delete_project(project_id: uuid.UUID, user: CurrentUser, db: SessionDe
 @router.get("/projects/{project_id}/members", response_model=list[MemberOut])
 async def list_members(project_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> list[MemberOut]:
     """The project's members (the owner is listed on the project, not here)."""
-    return [MemberOut.of(m) for m in await project_views.list_members(db, user, project_id)]
+    return [MemberOut.model_validate(m) for m in await project_views.list_members(db, user, project_id)]
 
 
 @router.post("/projects/{project_id}/members", response_model=list[MemberOut])
@@ -97,7 +97,7 @@ async def add_member(project_id: uuid.UUID, body: MemberIn, user: CurrentUser, d
     """Add a member (idempotent); answers with the members after the change."""
     await projects.add_member(db, user, project_id, body.user_id)
     await db.commit()
-    return [MemberOut.of(m) for m in await project_views.list_members(db, user, project_id)]
+    return [MemberOut.model_validate(m) for m in await project_views.list_members(db, user, project_id)]
 
 
 @router.delete("/projects/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -127,7 +127,7 @@ async def unstage_project(project_id: uuid.UUID, user: CurrentUser, db: SessionD
 @router.get("/projects/{project_id}/trusts", response_model=list[ProjectTrustOut])
 async def list_project_trusts(project_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> list[ProjectTrustOut]:
     """The trusts the project is staged at, their decisions, and who decides for each."""
-    return [ProjectTrustOut.of(t) for t in await project_views.trust_decisions(db, user, project_id)]
+    return [ProjectTrustOut.model_validate(t) for t in await project_views.trust_decisions(db, user, project_id)]
 
 
 @router.post("/projects/{project_id}/trusts/{trust_id}/decision", response_model=DecisionOut)
@@ -152,4 +152,6 @@ async def trust_decisions(
     items, total = await project_views.trust_inbox(
         db, user, trust_id, offset=page.offset, limit=page.page_size, decision=decision
     )
-    return Page(items=[TrustInboxOut.of(i) for i in items], total=total, page=page.page, page_size=page.page_size)
+    return Page(
+        items=[TrustInboxOut.model_validate(i) for i in items], total=total, page=page.page, page_size=page.page_size
+    )
