@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,8 +18,10 @@ from flip_api.core.identity import BuiltinVerifier, IdentityService, OidcVerifie
 from flip_api.core.middleware import RequestContextMiddleware
 from flip_api.core.security import configure_password_hashing
 from flip_api.core.state import HubState
-from flip_api.db.session import make_engine, make_sessionmaker, run_migrations, transaction
+from flip_api.db.session import libpq_conninfo, make_engine, make_sessionmaker, run_migrations, transaction
 from flip_api.services.rbac import seed_roles
+from flip_api.services.task_notifier import TaskNotifier
+from flip_api.worker import run_worker
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +52,24 @@ def create_app(settings: HubSettings, database_url: str) -> FastAPI:
             jwt_secret=jwt_secret,
             data_key=settings.data_key_bytes(),
             identity=IdentityService(verifiers),
+            notifier=TaskNotifier(libpq_conninfo(database_url)),
+        )
+        hub: HubState = app.state.hub
+        await hub.notifier.start()
+        worker = (
+            asyncio.create_task(run_worker(hub, settings.worker_interval_s), name="hub-worker")
+            if settings.worker_in_process
+            else None
         )
         log.info("hub started", extra={"version": __version__, "env": settings.env.value})
         try:
             yield
         finally:
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            await hub.notifier.stop()
             await engine.dispose()
 
     app = FastAPI(

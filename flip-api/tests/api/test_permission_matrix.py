@@ -25,8 +25,10 @@ from flip_api.core.state import HubState
 from flip_api.db.models import AccessRequest
 from flip_api.db.session import transaction
 from flip_api.services.audit import Actor
+from flip_api.services.tasks import enqueue_task
 from flip_api.services.trusts import register_trust
 from flip_core.contract import PROTOCOL_HEADER, PROTOCOL_VERSION, TRUST_KEY_HEADER
+from flip_core.tasks import TaskType
 
 
 class Caller(StrEnum):
@@ -55,6 +57,8 @@ class World:
     spare_user: uuid.UUID
     spare_email: str
     access_request: uuid.UUID
+    task: uuid.UUID  # a task of trust1, leased by trust1's agent
+    lease_token: str
 
 
 async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser) -> World:
@@ -114,8 +118,25 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser)
     async with hub.sessions() as s:
         request_id = await s.scalar(select(AccessRequest.id).where(AccessRequest.email == email))
     assert request_id is not None
+    async with transaction(hub.sessions) as s:
+        task = await enqueue_task(s, hub, t1, TaskType.PING, {"message": "matrix"})
+    r = await client.post("/api/trust/tasks/lease", headers=headers[Caller.TRUST_KEY], json={})
+    assert r.status_code == 200, r.text
+    (leased,) = r.json()["tasks"]
     return World(
-        headers, passwords, t1.id, t2.id, ids[0], ids[1], viewer.id, co_admin.id, spare.id, spare.user.email, request_id
+        headers,
+        passwords,
+        t1.id,
+        t2.id,
+        ids[0],
+        ids[1],
+        viewer.id,
+        co_admin.id,
+        spare.id,
+        spare.user.email,
+        request_id,
+        task.id,
+        leased["lease_token"],
     )
 
 
@@ -252,8 +273,48 @@ MATRIX: list[Row] = [
         lambda w, c: ("GET", f"/api/trusts/{w.trust2}/decisions", None),
         "trust without Trust Admins",
     ),
+    row("GET", "/api/trusts/{trust_id}/tasks", SIGNED_IN, lambda w, c: ("GET", f"/api/trusts/{w.trust1}/tasks", None)),
+    row(
+        "GET",
+        "/api/trusts/{trust_id}/tasks/{task_id}",
+        ADMIN_ONLY,
+        lambda w, c: ("GET", f"/api/trusts/{w.trust1}/tasks/{w.task}", None),
+    ),
+    row(
+        "POST",
+        "/api/trusts/{trust_id}/ping",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", f"/api/trusts/{w.trust1}/ping", {"message": "hi"}),
+    ),
     # trust machine routes
     row("GET", "/api/trust/whoami", {Caller.TRUST_KEY}),
+    row(
+        "POST",
+        "/api/trust/heartbeat",
+        {Caller.TRUST_KEY},
+        lambda w, c: (
+            "POST",
+            "/api/trust/heartbeat",
+            {"agent_version": "t", "started_at": "2026-11-23T12:00:00Z", "services": {}},
+        ),
+    ),
+    row("POST", "/api/trust/tasks/lease", {Caller.TRUST_KEY}, lambda w, c: ("POST", "/api/trust/tasks/lease", {})),
+    row(
+        "POST",
+        "/api/trust/tasks/{task_id}/extend",
+        {Caller.TRUST_KEY},
+        lambda w, c: ("POST", f"/api/trust/tasks/{w.task}/extend", {"lease_token": w.lease_token}),
+    ),
+    row(
+        "POST",
+        "/api/trust/tasks/{task_id}/result",
+        {Caller.TRUST_KEY},
+        lambda w, c: (
+            "POST",
+            f"/api/trust/tasks/{w.task}/result",
+            {"lease_token": w.lease_token, "outcome": "completed", "result": {}},
+        ),
+    ),
     # projects
     row("GET", "/api/projects", SIGNED_IN),
     row(

@@ -54,6 +54,9 @@ class HubSettings(FlipSettings):
     argon2_time_cost: int = Field(3, ge=1, le=20, validation_alias="FLIP_ARGON2_TIME_COST")
     argon2_memory_kib: int = Field(65536, ge=1024, le=4 * 1024 * 1024, validation_alias="FLIP_ARGON2_MEMORY_KIB")
     argon2_parallelism: int = Field(4, ge=1, le=16, validation_alias="FLIP_ARGON2_PARALLELISM")
+    rate_limit_trust_per_min: int = Field(600, ge=1, validation_alias="FLIP_RATE_LIMIT_TRUST_PER_MIN")
+    worker_in_process: bool = Field(True, validation_alias="FLIP_WORKER_IN_PROCESS")
+    worker_interval_s: float = Field(10.0, gt=0, le=3600, validation_alias="FLIP_WORKER_INTERVAL_S")
     expose_docs: bool = Field(True, validation_alias="FLIP_EXPOSE_DOCS")
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias="FLIP_DB_POOL_SIZE")
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from flip_api.core.config import HubSettings
 from flip_api.core.identity import IdentityService
 from flip_api.core.ratelimit import RateLimiter
+from flip_api.services.task_notifier import TaskNotifier
 
 
 @dataclass
@@ -19,4 +20,5 @@ class HubState:
     jwt_secret: str = field(repr=False)
     data_key: bytes = field(repr=False)
     identity: IdentityService = field(repr=False)
+    notifier: TaskNotifier = field(repr=False)
     limiter: RateLimiter = field(default_factory=RateLimiter)

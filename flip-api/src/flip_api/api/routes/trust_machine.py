@@ -1,16 +1,108 @@
-"""Machine routes called by trust agents: authenticated by the trust's API key, versioned by header."""
+"""Machine routes called by trust agents: authenticated by the trust's API key, versioned by header.
+
+Nothing here is reachable with a user token, and nothing here connects to a trust: the trust calls
+in (outbound from its side), leases work, and posts results.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
 
-from flip_api.api.deps import MachineTrust
+from fastapi import APIRouter, Query
+
+from flip_api.api.deps import HubDep, MachineTrust, SessionDep
+from flip_api.db.models import Trust
+from flip_api.services import tasks
 from flip_core.contract import TrustIdentity
+from flip_core.tasks import (
+    MAX_LEASE_WAIT_S,
+    Heartbeat,
+    HeartbeatAck,
+    LeaseExtended,
+    LeaseExtension,
+    LeaseRequest,
+    LeaseResponse,
+    TaskResult,
+    TaskResultAck,
+)
 
 router = APIRouter(prefix="/trust", tags=["trust machine"])
+
+
+def _rate_limit(hub: HubDep, trust: Trust) -> None:
+    hub.limiter.check("trust", str(trust.id), hub.settings.rate_limit_trust_per_min)
 
 
 @router.get("/whoami", response_model=TrustIdentity)
 async def whoami(trust: MachineTrust) -> TrustIdentity:
     """The trust this key belongs to; the agent compares it with its kit and exits on mismatch."""
     return TrustIdentity(trust_id=trust.id, code=trust.code, name=trust.name)
+
+
+@router.post("/heartbeat", response_model=HeartbeatAck)
+async def heartbeat(body: Heartbeat, trust: MachineTrust, hub: HubDep, db: SessionDep) -> HeartbeatAck:
+    """Liveness and the trust's latest service-health snapshot (stamped with the hub's clock)."""
+    _rate_limit(hub, trust)
+    now = datetime.now(UTC)
+    trust.last_heartbeat = now
+    trust.services_health = {**body.model_dump(mode="json"), "received_at": now.isoformat()}
+    await db.commit()
+    return HeartbeatAck(trust_id=trust.id, server_time=now)
+
+
+@router.post("/tasks/lease", response_model=LeaseResponse)
+async def lease(
+    body: LeaseRequest,
+    trust: MachineTrust,
+    hub: HubDep,
+    db: SessionDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_LEASE_WAIT_S, description="seconds to wait for work")] = 0,
+) -> LeaseResponse:
+    """Lease ready tasks; with ``wait`` the request is held until work arrives or the wait ends."""
+    _rate_limit(hub, trust)
+    trust_id = trust.id
+    # Never hold a database connection while waiting: thousands of trusts may be parked here.
+    await db.close()
+    deadline = time.monotonic() + wait
+    with hub.notifier.subscription(trust_id) as woken:
+        while True:
+            woken.clear()
+            async with hub.sessions() as session, session.begin():
+                leased = await tasks.lease_tasks(
+                    session, trust_id, max_tasks=body.max_tasks, lease_s=body.lease_s, types=body.types
+                )
+            remaining = deadline - time.monotonic()
+            if leased or remaining <= 0:
+                return LeaseResponse(trust_id=trust_id, tasks=leased, server_time=datetime.now(UTC))
+            try:
+                async with asyncio.timeout(remaining):
+                    await woken.wait()
+            except TimeoutError:
+                return LeaseResponse(trust_id=trust_id, tasks=[], server_time=datetime.now(UTC))
+
+
+@router.post("/tasks/{task_id}/extend", response_model=LeaseExtended)
+async def extend(
+    task_id: uuid.UUID, body: LeaseExtension, trust: MachineTrust, hub: HubDep, db: SessionDep
+) -> LeaseExtended:
+    """Keep a lease on long-running work; 409 ``stale_lease`` if it was lost."""
+    _rate_limit(hub, trust)
+    task = await tasks.extend_lease(db, trust.id, task_id, body.lease_token, body.extend_s)
+    await db.commit()
+    assert task.lease_expires_at is not None
+    return LeaseExtended(task_id=task.id, lease_expires_at=task.lease_expires_at)
+
+
+@router.post("/tasks/{task_id}/result", response_model=TaskResultAck)
+async def result(
+    task_id: uuid.UUID, body: TaskResult, trust: MachineTrust, hub: HubDep, db: SessionDep
+) -> TaskResultAck:
+    """Post a task's outcome with its lease token; repeating the same post is harmless."""
+    _rate_limit(hub, trust)
+    posted = await tasks.post_result(db, trust.id, task_id, body)
+    await db.commit()
+    return TaskResultAck(task_id=posted.task.id, status=posted.task.status, duplicate=posted.duplicate)

@@ -15,10 +15,12 @@ from flip_api.core.errors import Forbidden, NotFound
 from flip_api.core.permissions import Perm
 from flip_api.db.models import Trust, User
 from flip_api.schemas.common import Page
+from flip_api.schemas.tasks import PingIn, TaskDetailOut, TaskOut
 from flip_api.schemas.trusts import KitOut, TrustAdminIn, TrustAdminOut, TrustOut, TrustRegister
-from flip_api.services import trusts, users
+from flip_api.services import tasks, trusts, users
 from flip_api.services.audit import Actor
 from flip_api.services.rbac import Principal
+from flip_core.tasks import PingPayload, TaskStatus, TaskType
 
 router = APIRouter(prefix="/trusts", tags=["trusts"])
 
@@ -144,3 +146,35 @@ async def remove_admin(trust_id: uuid.UUID, user_id: uuid.UUID, user: CurrentUse
     await trusts.remove_trust_admin(db, Actor.user(user.id), trust, user_id)
     await db.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{trust_id}/tasks", response_model=Page[TaskOut])
+async def list_trust_tasks(
+    trust_id: uuid.UUID,
+    user: CurrentUser,
+    db: SessionDep,
+    page: PageDep,
+    status_filter: Annotated[TaskStatus | None, Query(alias="status")] = None,
+) -> Page[TaskOut]:
+    """The trust's work queue, newest first: types and states only, never payloads."""
+    await trusts.get_trust(db, trust_id)
+    rows, total = await tasks.list_tasks(db, trust_id, offset=page.offset, limit=page.page_size, status=status_filter)
+    return Page(items=[TaskOut.model_validate(t) for t in rows], total=total, page=page.page, page_size=page.page_size)
+
+
+@router.get("/{trust_id}/tasks/{task_id}", response_model=TaskDetailOut)
+async def get_trust_task(trust_id: uuid.UUID, task_id: uuid.UUID, admin: AdminTrusts, db: SessionDep) -> TaskDetailOut:
+    """One task with its stored result (trust administrators only)."""
+    return TaskDetailOut.model_validate(await tasks.get_task(db, trust_id, task_id))
+
+
+@router.post("/{trust_id}/ping", response_model=TaskOut, status_code=status.HTTP_202_ACCEPTED)
+async def ping_trust(trust_id: uuid.UUID, body: PingIn, admin: AdminTrusts, hub: HubDep, db: SessionDep) -> TaskOut:
+    """Send a ``ping`` task through the queue: proves the trust leases, decrypts and answers."""
+    trust = await trusts.get_trust(db, trust_id)
+    payload = PingPayload(message=body.message, sent_at=datetime.now(UTC))
+    task = await tasks.enqueue_task(
+        db, hub, trust, TaskType.PING, payload.model_dump(mode="json"), actor=Actor.user(admin.id)
+    )
+    await db.commit()
+    return TaskOut.model_validate(task)

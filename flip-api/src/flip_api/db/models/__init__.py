@@ -22,6 +22,7 @@ from flip_api.db.models.projects import (
     ProjectTrust,
     TrustDecision,
 )
+from flip_api.db.models.tasks import TrustTask
 from flip_api.db.models.trusts import Trust, TrustPayloadKey
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Trust",
     "TrustDecision",
     "TrustPayloadKey",
+    "TrustTask",
     "User",
     "UserRole",
 ]
