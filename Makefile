@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: help ensure-uv install demo test lint fmt typecheck pytest clean
+.PHONY: help ensure-uv install demo test lint fmt typecheck pytest clean bench-poll
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,3 +44,6 @@ typecheck: install ## mypy (strict) on our packages
 
 clean: ## remove caches and local demo state
 	rm -rf .flip .mypy_cache .ruff_cache .pytest_cache
+
+bench-poll: install ## benchmark: task pickup latency and idle load, long-poll vs 5 s polling (1,000 trusts)
+	$(UV) run python bench/poll.py --trusts $(or $(TRUSTS),1000)

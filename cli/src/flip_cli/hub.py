@@ -50,7 +50,14 @@ def serve(host: str | None, port: int | None) -> None:
         # the handlers that were there before; ours turn that into a normal return so that the embedded
         # database is stopped and a requested shutdown exits 0.
         with _shutdown_signals_return():
-            uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
+            uvicorn.run(
+                app,
+                host=host or settings.host,
+                port=port or settings.port,
+                log_config=None,
+                timeout_keep_alive=settings.keepalive_s,
+                backlog=settings.listen_backlog,
+            )
     finally:
         if database.embedded is not None:
             database.embedded.stop()

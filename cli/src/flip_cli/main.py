@@ -30,6 +30,7 @@ from flip_cli.audit import audit
 from flip_cli.demo import demo
 from flip_cli.errors import EXIT_CODE_TABLE
 from flip_cli.hub import hub
+from flip_cli.trust import trust
 
 
 @click.group(epilog=EXIT_CODE_TABLE, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -42,6 +43,7 @@ cli.add_command(hub)
 cli.add_command(admin)
 cli.add_command(audit)
 cli.add_command(demo)
+cli.add_command(trust)
 
 
 def main() -> None:

@@ -33,6 +33,9 @@ class HubSettings(FlipSettings):
     public_url: str = Field("http://127.0.0.1:8000", validation_alias="FLIP_HUB_PUBLIC_URL")
     host: str = Field("127.0.0.1", validation_alias="FLIP_HUB_HOST")
     port: int = Field(8000, ge=1, le=65535, validation_alias="FLIP_HUB_PORT")
+    # Agents call every <= 30 s: keep their connections open longer than that (no reconnect per poll).
+    keepalive_s: int = Field(75, ge=1, le=3600, validation_alias="FLIP_HUB_KEEPALIVE_S")
+    listen_backlog: int = Field(4096, ge=64, le=65535, validation_alias="FLIP_HUB_LISTEN_BACKLOG")
     log_level: str = Field("INFO", validation_alias="FLIP_LOG_LEVEL")
     log_json: bool = Field(True, validation_alias="FLIP_LOG_JSON")
 
