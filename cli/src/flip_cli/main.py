@@ -5,6 +5,7 @@
     flip admin grant-role          add a global role, or a Trust Admin grant at one trust
     flip admin register-trust      register a trust and write its kit (mode 0600)
     flip audit verify              recompute the audit log's hash chain
+    flip trust serve --kit FILE    run a trust agent (outbound only: long-polls the hub for work)
     flip demo                      the end-to-end walkthrough on embedded defaults
 
 Configuration comes from the environment (``DATABASE_URL``, ``FLIP_STATE_DIR``, ``FLIP_*``; see

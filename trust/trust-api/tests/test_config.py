@@ -32,7 +32,7 @@ def test_defaults_suit_a_single_host(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("FLIP_AGENT_KIT_FILE", "FLIP_AGENT_STATE_DIR", "FLIP_AGENT_CONCURRENCY", "FLIP_AGENT_HEALTH_PORT"):
         monkeypatch.delenv(name, raising=False)
     settings = AgentSettings()
-    assert settings.heartbeat_interval_s == 10
+    assert settings.heartbeat_interval_s == 30
     assert settings.lease_wait_s == 25
     assert settings.lease_s == 120
     assert settings.health_interval_s == 30

@@ -172,7 +172,8 @@ class TrustStatus(StrEnum):
     NEVER_SEEN = "never_seen"
 
 
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+# Agents heartbeat every 30 s and every lease (at least every 25 s) also proves liveness.
+HEARTBEAT_TIMEOUT = timedelta(seconds=75)
 
 
 def trust_status(trust: Trust, now: datetime | None = None) -> TrustStatus:

@@ -29,7 +29,7 @@ class AgentSettings(FlipSettings):
     log_level: str = Field("INFO", validation_alias="FLIP_LOG_LEVEL")
     log_json: bool = Field(True, validation_alias="FLIP_LOG_JSON")
 
-    heartbeat_interval_s: float = Field(10.0, ge=0.1, le=300, validation_alias="FLIP_AGENT_HEARTBEAT_INTERVAL_S")
+    heartbeat_interval_s: float = Field(30.0, ge=0.1, le=300, validation_alias="FLIP_AGENT_HEARTBEAT_INTERVAL_S")
     lease_wait_s: int = Field(MAX_LEASE_WAIT_S, ge=0, le=MAX_LEASE_WAIT_S, validation_alias="FLIP_AGENT_LEASE_WAIT_S")
     lease_s: int = Field(DEFAULT_LEASE_S, ge=10, le=MAX_LEASE_EXTENSION_S, validation_alias="FLIP_AGENT_LEASE_S")
     concurrency: dict[TaskType, int] = Field(default_factory=dict, validation_alias="FLIP_AGENT_CONCURRENCY")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy import update
 
 from flip_api.api.deps import HubDep, MachineTrust, SessionDep
 from flip_api.db.models import Trust
@@ -68,10 +69,17 @@ async def lease(
     # Never hold a database connection while waiting: thousands of trusts may be parked here.
     await db.close()
     deadline = time.monotonic() + wait
+    first = True
     with hub.notifier.subscription(trust_id) as woken:
         while True:
             woken.clear()
             async with hub.sessions() as session, session.begin():
+                if first:
+                    # A lease is proof of life too: agents need no separate frequent heartbeat.
+                    await session.execute(
+                        update(Trust).where(Trust.id == trust_id).values(last_heartbeat=datetime.now(UTC))
+                    )
+                    first = False
                 leased = await tasks.lease_tasks(
                     session, trust_id, max_tasks=body.max_tasks, lease_s=body.lease_s, types=body.types
                 )
