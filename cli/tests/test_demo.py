@@ -130,6 +130,11 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path, state_dir: Pa
     assert summary["trusts"]["status"] == "ok"
     assert summary["trusts"]["registered"] == ["ELSE", "RIVR"]
     assert summary["trusts"]["whoami_ok"] is True
+    assert summary["link"]["status"] == "ok"
+    for code in ("ELSE", "RIVR"):
+        ping = summary["link"]["pings"][code]
+        assert ping["echo"] == f"hello {code}"
+        assert ping["trust_status"] == "online"
     assert summary["audit"]["chain_ok"] is True
     assert summary["audit"]["entries"] > 0
     for code in ("ELSE", "RIVR"):

@@ -23,7 +23,7 @@ def test_status_from_heartbeat_age_and_services() -> None:
     assert trust_status(_trust(None), NOW) is TrustStatus.NEVER_SEEN
     assert trust_status(_trust(5), NOW) is TrustStatus.ONLINE
     assert trust_status(_trust(HEARTBEAT_TIMEOUT.total_seconds() + 1), NOW) is TrustStatus.OFFLINE
-    healthy = {"omop": {"state": "healthy"}, "pacs": {"state": "healthy"}}
+    healthy = {"omop": {"state": "healthy"}, "pacs": {"state": "healthy"}, "imaging": {"state": "unknown"}}
     assert trust_status(_trust(5, healthy), NOW) is TrustStatus.ONLINE
     degraded = {"omop": {"state": "healthy"}, "pacs": {"state": "down"}}
     assert trust_status(_trust(5, degraded), NOW) is TrustStatus.DEGRADED

@@ -8,6 +8,7 @@ hub child process, so the walkthrough exercises the product exactly as it ships.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -23,7 +24,7 @@ from flip_cli.database import HubDatabase
 from flip_cli.demo.client import HubClient
 from flip_cli.demo.context import DemoContext, DemoTrust, DemoUser, Phase, PhaseResult
 from flip_cli.demo.errors import DemoError
-from flip_cli.demo.processes import HubProcess, child_environment, free_port
+from flip_cli.demo.processes import HubProcess, TrustAgentProcess, child_environment, free_port
 from flip_cli.kits import write_kit
 from flip_core.embedded_pg import EmbeddedPostgres
 
@@ -198,6 +199,81 @@ def register_trusts(ctx: DemoContext) -> PhaseResult:
     }
 
 
+# ------------------------------------------------------------------------------------------- link
+
+AGENT_TIMEOUT_S = 30.0
+
+
+def _wait_for_task(ctx: DemoContext, trust: DemoTrust, task_id: str, token: str) -> dict[str, Any]:
+    client = ctx.require_client()
+    deadline = time.monotonic() + AGENT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        task = client.call("GET", f"/api/trusts/{trust.id}/tasks/{task_id}", token=token)
+        if task.get("status") in {"COMPLETED", "FAILED", "CANCELLED"}:
+            return task
+        time.sleep(0.05)
+    raise DemoError(f"the {trust.code} agent did not answer task {task_id} within {AGENT_TIMEOUT_S:.0f} s")
+
+
+def link_trusts(ctx: DemoContext) -> PhaseResult:
+    """Start one agent per trust; round-trip a ``ping`` task through the queue to each of them."""
+    database_url = ctx.database_url
+    if database_url is None:
+        raise DemoError("the hub is not running")
+    admin = ctx.users[ADMIN]
+    env = child_environment(database_url=database_url, state_dir=ctx.state_dir, public_url=ctx.hub_url)
+    env.pop("DATABASE_URL")  # the agent talks to the hub over HTTP only
+    agents: dict[str, Any] = {}
+    for trust in ctx.trusts.values():
+        if trust.kit_path is None:
+            raise DemoError(f"trust {trust.code} has no kit")
+        agent = TrustAgentProcess(
+            kit=trust.kit_path,
+            state_dir=ctx.state_dir / "agents" / trust.code,
+            env=env,
+            log_path=ctx.state_dir / "logs" / f"agent-{trust.code}.log",
+        )
+        ctx.stack.callback(agent.stop)
+        agent.start()
+        ctx.say(f"trust {trust.code}", f"agent started (pid {agent.pid}); it dials out to the hub, nothing dials in")
+        agents[trust.code] = agent
+    client = ctx.require_client()
+    results: dict[str, Any] = {}
+    for trust in ctx.trusts.values():
+        started = time.monotonic()
+        task = client.call(
+            "POST",
+            f"/api/trusts/{trust.id}/ping",
+            token=admin.token,
+            json={"message": f"hello {trust.code}"},
+            expect=(202,),
+        )
+        done = _wait_for_task(ctx, trust, str(task["id"]), admin.token)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        code = agents[trust.code].exit_code()
+        if done.get("status") != "COMPLETED" or code is not None:
+            raise DemoError(
+                f"ping to {trust.code} ended {done.get('status')} {done.get('error')}; agent exit status {code}:\n"
+                f"{agents[trust.code].log_tail()}"
+            )
+        echo = (done.get("result") or {}).get("echo")
+        status = client.call("GET", f"/api/trusts/{trust.id}", token=admin.token).get("status")
+        ctx.say(
+            "hub admin",
+            f"ping to {trust.code} answered {echo!r} in {elapsed_ms:.0f} ms (sealed, leased, answered; "
+            "the first includes agent start-up); "
+            f"trust is {status}",
+        )
+        results[trust.code] = {
+            "task_id": task["id"],
+            "round_trip_ms": round(elapsed_ms, 1),
+            "echo": echo,
+            "trust_status": status,
+            "attempt": done.get("attempt"),
+        }
+    return {"agents": {code: {"pid": a.pid} for code, a in agents.items()}, "pings": results}
+
+
 # ------------------------------------------------------------------------------------------ project
 
 
@@ -297,6 +373,7 @@ PHASES: list[Phase] = [
     Phase("hub", "Start PostgreSQL and the hub", start_hub),
     Phase("users", "Create users and sign them in with MFA", create_and_sign_in_users),
     Phase("trusts", "Register trusts and check their kits", register_trusts),
+    Phase("link", "Start the trust agents and round-trip a task to each", link_trusts),
     Phase("project", "Create, stage and approve a project", run_project_lifecycle),
     Phase("audit", "Verify the audit chain", verify_audit_chain),
 ]

@@ -36,13 +36,14 @@ def tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-class HubProcess:
-    """``python -m flip_cli.main hub serve`` on loopback, its output going to ``log_path``."""
+class ChildProcess:
+    """``python -m flip_cli.main <args>`` with its output going to ``log_path``; stopped by its PID."""
 
-    def __init__(self, *, port: int, env: Mapping[str, str], log_path: Path) -> None:
-        self.port = port
-        self.url = f"http://{LOOPBACK}:{port}"
+    name = "child"
+
+    def __init__(self, *, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        self._args = list(args)
         self._env = dict(env)
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[Any] | None = None
@@ -54,14 +55,45 @@ class HubProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "flip_cli.main", "hub", "serve", "--host", LOOPBACK, "--port", str(self.port)]
-        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+        command = [sys.executable, "-m", "flip_cli.main", *self._args]
+        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, our own arguments
             command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self._env
         )
 
     def exit_code(self) -> int | None:
         """None while the hub runs, else its exit status."""
         return None if self._process is None else self._process.poll()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = tail(self.log_path, lines)
+        return text or f"(the {self.name} wrote nothing)"
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, wait up to ``grace_s`` for a clean shutdown, then SIGKILL (idempotent)."""
+        process, self._process = self._process, None
+        try:
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+
+class HubProcess(ChildProcess):
+    """``flip hub serve`` on loopback."""
+
+    name = "hub"
+
+    def __init__(self, *, port: int, env: Mapping[str, str], log_path: Path) -> None:
+        super().__init__(args=["hub", "serve", "--host", LOOPBACK, "--port", str(port)], env=env, log_path=log_path)
+        self.port = port
+        self.url = f"http://{LOOPBACK}:{port}"
 
     def wait_healthy(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Poll ``GET /api/health`` until it answers 200; fail early if the process exits."""
@@ -83,25 +115,16 @@ class HubProcess:
                 time.sleep(0.25)
         raise DemoError(f"the hub did not become healthy within {timeout_s:.0f} s ({last_error}):\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 40) -> str:
-        text = tail(self.log_path, lines)
-        return text or "(the hub wrote nothing)"
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM, wait up to ``grace_s`` for a clean shutdown, then SIGKILL (idempotent)."""
-        process, self._process = self._process, None
-        try:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(grace_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        finally:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+class TrustAgentProcess(ChildProcess):
+    """``flip trust serve --kit KIT``: one hospital's agent, dialling out to the hub."""
+
+    name = "trust agent"
+
+    def __init__(self, *, kit: Path, state_dir: Path, env: Mapping[str, str], log_path: Path) -> None:
+        super().__init__(
+            args=["trust", "serve", "--kit", str(kit), "--state-dir", str(state_dir)], env=env, log_path=log_path
+        )
 
 
 def child_environment(*, database_url: str, state_dir: Path, public_url: str) -> dict[str, str]:

@@ -177,7 +177,7 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=75)
 
 
 def trust_status(trust: Trust, now: datetime | None = None) -> TrustStatus:
-    """Online if a heartbeat arrived within the timeout; degraded if a service it reported is unhealthy."""
+    """Online if the trust was heard from within the timeout; degraded if it reports a service down or slow."""
     if trust.last_heartbeat is None:
         return TrustStatus.NEVER_SEEN
     now = now or datetime.now(UTC)
@@ -185,7 +185,9 @@ def trust_status(trust: Trust, now: datetime | None = None) -> TrustStatus:
         return TrustStatus.OFFLINE
     services = (trust.services_health or {}).get("services", {})
     if isinstance(services, dict) and any(
-        isinstance(s, dict) and s.get("state") not in (None, "healthy") for s in services.values()
+        # "unknown" means not configured or not yet probed: it says nothing bad about the trust.
+        isinstance(s, dict) and s.get("state") in ("down", "degraded")
+        for s in services.values()
     ):
         return TrustStatus.DEGRADED
     return TrustStatus.ONLINE
