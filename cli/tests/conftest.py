@@ -9,7 +9,6 @@ they migrate the empty database themselves, exactly as an operator's first comma
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from flip_api.db.session import libpq_conninfo, normalise_url
 from flip_cli.main import cli
-from flip_core.embedded_pg import EmbeddedPostgres
+from flip_core.embedded_pg import throwaway_server
 
 
 def _with_database(url: str, database: str) -> str:
@@ -35,12 +34,8 @@ def pg_server_url() -> Iterator[str]:
     if external:
         yield _with_database(normalise_url(external), "postgres")
         return
-    tmp = Path(tempfile.mkdtemp(prefix="flip-cli-test-pg-"))
-    server = EmbeddedPostgres(tmp / "pgdata", persistent=False)
-    try:
+    with throwaway_server("flip-cli-test-pg-") as server:
         yield server.url("postgres")
-    finally:
-        server.stop()
 
 
 @pytest.fixture

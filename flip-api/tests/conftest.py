@@ -8,7 +8,6 @@ template that was migrated once, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from flip_api.core.config import HubSettings
 from flip_api.core.state import HubState
 from flip_api.db.session import libpq_conninfo, normalise_url, run_migrations
 from flip_api.main import create_app
-from flip_core.embedded_pg import EmbeddedPostgres
+from flip_core.embedded_pg import throwaway_server
 
 TEMPLATE_DB = f"flip_tmpl_{os.getpid()}"
 
@@ -48,12 +47,8 @@ def pg_server() -> Iterator[PgServer]:
     if external:
         yield PgServer(make_url(normalise_url(external)).set(database="postgres").render_as_string(False))
         return
-    tmp = Path(tempfile.mkdtemp(prefix="flip-test-pg-"))
-    server = EmbeddedPostgres(tmp / "pgdata", persistent=False)
-    try:
+    with throwaway_server("flip-test-pg-") as server:
         yield PgServer(server.url("postgres"))
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,10 @@ is not set; production deployments always point at a managed PostgreSQL instead.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -44,3 +47,14 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+@contextmanager
+def throwaway_server(prefix: str = "flip-pg-") -> Iterator[EmbeddedPostgres]:
+    """An embedded server in a fresh temporary directory, stopped and deleted on exit (tests, benchmarks)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = EmbeddedPostgres(root / "pgdata", persistent=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,7 +8,6 @@ embedded server is started in a temporary directory.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from trust_testing import RunningHub, free_port
 
 from flip_api.core.config import HubSettings
 from flip_api.db.session import libpq_conninfo, normalise_url, run_migrations
-from flip_core.embedded_pg import EmbeddedPostgres
+from flip_core.embedded_pg import throwaway_server
 
 TEMPLATE_DB = f"flip_agent_tmpl_{os.getpid()}"
 
@@ -36,12 +35,8 @@ def pg_server_url() -> Iterator[str]:
     if external:
         yield _with_database(normalise_url(external), "postgres")
         return
-    tmp = Path(tempfile.mkdtemp(prefix="flip-agent-test-pg-"))
-    server = EmbeddedPostgres(tmp / "pgdata", persistent=False)
-    try:
+    with throwaway_server("flip-agent-test-pg-") as server:
         yield server.url("postgres")
-    finally:
-        server.stop()
 
 
 def _admin(server_url: str) -> psycopg.Connection[tuple[object, ...]]:

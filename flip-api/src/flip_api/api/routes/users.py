@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import EmailStr
@@ -30,40 +30,32 @@ from flip_api.schemas.users import (
 )
 from flip_api.services import audit, users
 from flip_api.services.audit import Actor
-from flip_api.services.rbac import load_principal
+from flip_api.services.rbac import Principal, load_principal
 
 router = APIRouter(tags=["users"])
 
 
+def _user_fields(user: User, principal: Principal) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "organisation": user.organisation,
+        "enabled": user.enabled,
+        "mfa_enabled": user.totp_enabled_at is not None,
+        "created_at": user.created_at,
+        "roles": [GrantOut(role=g.role, trust_id=g.trust_id) for g in principal.grants],
+    }
+
+
 async def user_out(db: SessionDep, user: User) -> UserOut:
-    principal = await load_principal(db, user, None)
-    return UserOut(
-        id=user.id,
-        email=user.email,
-        name=user.name,
-        organisation=user.organisation,
-        enabled=user.enabled,
-        mfa_enabled=user.totp_enabled_at is not None,
-        created_at=user.created_at,
-        roles=[GrantOut(role=g.role, trust_id=g.trust_id) for g in principal.grants],
-    )
+    return UserOut(**_user_fields(user, await load_principal(db, user, None)))
 
 
 @router.get("/users/me", response_model=MeOut)
 async def me(user: CurrentUser) -> MeOut:
     """The signed-in user, their role grants and effective permissions (drives UI gating)."""
-    u = user.user
-    return MeOut(
-        id=u.id,
-        email=u.email,
-        name=u.name,
-        organisation=u.organisation,
-        enabled=u.enabled,
-        mfa_enabled=u.totp_enabled_at is not None,
-        created_at=u.created_at,
-        roles=[GrantOut(role=g.role, trust_id=g.trust_id) for g in user.grants],
-        permissions=user.all_permissions,
-    )
+    return MeOut(**_user_fields(user.user, user), permissions=user.all_permissions)
 
 
 @router.patch("/users/me", response_model=UserOut)
