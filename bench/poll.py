@@ -4,8 +4,9 @@ Starts an embedded PostgreSQL and one hub process on loopback, registers N trust
 then runs two phases against the same hub with N simulated trust agents (in this process, over real HTTP):
 
 - **baseline** — the upstream style: every trust asks for pending work every 5 s (``wait=0``);
-- **ours** — every trust holds a long-poll lease (``wait=25``) that the hub answers the moment work is
-  enqueued for it (PostgreSQL LISTEN/NOTIFY), plus a health heartbeat every 30 s.
+- **ours** — every trust holds a long-poll lease (``wait`` 20–25 s, jittered like the agent's) that the
+  hub answers the moment work is enqueued for it (PostgreSQL LISTEN/NOTIFY), plus a health heartbeat
+  every 30 s.
 
 Each phase measures the idle request rate per trust (no work for a while), then enqueues ``ping`` tasks
 for random trusts through the admin API and records enqueue→receipt latency at the trust.  The hub
@@ -102,20 +103,22 @@ async def simulated_trust(base_url: str, trust: Trust, phase: Phase, mode: str, 
 
 async def agent(client: httpx.AsyncClient, trust: Trust, phase: Phase, mode: str, stop: asyncio.Event) -> None:
     headers = {TRUST_KEY_HEADER: trust.key, PROTOCOL_HEADER: PROTOCOL_VERSION}
-    await asyncio.sleep(random.uniform(0, BASELINE_INTERVAL_S))
+    # Trusts start spread over one poll period, as agents started at different times are.
+    await asyncio.sleep(random.uniform(0, LONG_POLL_WAIT_S if mode == "ours" else BASELINE_INTERVAL_S))
     while not stop.is_set():
         started = time.monotonic()
-        wait = LONG_POLL_WAIT_S if mode == "ours" else 0.0
+        # Like the real agent: each long-poll asks for the configured wait less up to a fifth.
+        wait = round(LONG_POLL_WAIT_S * random.uniform(0.8, 1.0), 1) if mode == "ours" else 0.0
         try:
+            phase.requests += 1  # counted when sent: a long-poll is one request however long it waits
             r = await client.post("/api/trust/tasks/lease", params={"wait": wait}, headers=headers, json={})
-            phase.requests += 1
             r.raise_for_status()
             received = time.monotonic()
             for task in r.json()["tasks"]:
                 phase.picked[task["id"]] = received
                 body = {"lease_token": task["lease_token"], "outcome": "completed", "result": {"ok": True}}
-                await client.post(f"/api/trust/tasks/{task['id']}/result", headers=headers, json=body)
                 phase.requests += 1
+                await client.post(f"/api/trust/tasks/{task['id']}/result", headers=headers, json=body)
         except httpx.HTTPError:
             phase.errors += 1
             await asyncio.sleep(1)
@@ -129,8 +132,8 @@ async def heartbeats(client: httpx.AsyncClient, trust: Trust, phase: Phase, stop
     while not stop.is_set():
         body = {"agent_version": "bench", "started_at": "2026-01-01T00:00:00Z", "services": {}}
         try:
-            await client.post("/api/trust/heartbeat", headers=headers, json=body)
             phase.requests += 1
+            await client.post("/api/trust/heartbeat", headers=headers, json=body)
         except httpx.HTTPError:
             phase.errors += 1
         await asyncio.sleep(HEARTBEAT_INTERVAL_S)

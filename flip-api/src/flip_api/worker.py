@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from flip_api.core.state import HubState
 from flip_api.db.session import transaction
@@ -39,6 +40,9 @@ async def run_worker(hub: HubState, interval_s: float) -> None:
             await run_once(hub)
         except asyncio.CancelledError:
             raise
+        except (OperationalError, InterfaceError) as exc:
+            # The database is away (restart, failover): say so briefly; the next tick tries again.
+            log.warning("worker tick skipped: database unavailable", extra={"error": type(exc.orig).__name__})
         except Exception:
             log.exception("worker tick failed")
         await asyncio.sleep(interval_s)

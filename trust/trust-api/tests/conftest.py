@@ -15,9 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
-from trust_testing import RunningHub, free_port
+from trust_testing import RunningHub, fast_hub_settings, free_port
 
-from flip_api.core.config import HubSettings
 from flip_api.db.session import libpq_conninfo, normalise_url, run_migrations
 from flip_core.embedded_pg import throwaway_server
 
@@ -69,15 +68,7 @@ def db_url(pg_server_url: str, template_db: str) -> Iterator[str]:
 async def hub(tmp_path: Path, db_url: str) -> AsyncIterator[RunningHub]:
     """The real hub, served over TCP on 127.0.0.1 (stopped at the end of the test)."""
     port = free_port()
-    settings = HubSettings(
-        FLIP_STATE_DIR=tmp_path / "hub-state",
-        FLIP_JWT_SECRET="test-jwt-secret-" + uuid.uuid4().hex,
-        FLIP_HUB_PUBLIC_URL=f"http://127.0.0.1:{port}",
-        FLIP_LOG_JSON=False,
-        FLIP_ARGON2_TIME_COST=1,
-        FLIP_ARGON2_MEMORY_KIB=1024,
-        FLIP_ARGON2_PARALLELISM=1,
-    )
+    settings = fast_hub_settings(tmp_path / "hub-state", port)
     running = RunningHub(settings, db_url, port)
     await running.start()
     try:

@@ -6,12 +6,11 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
 from sqlalchemy import func, select, update
-from trust_testing import Gate, RunningHub, agent_settings, eventually, ping_payload, start_agent, write_kit
+from trust_testing import Gate, RunningHub, agent_settings, current, eventually, ping_payload, start_agent, write_kit
 
 from flip_api.db.models import TrustTask
 from flip_api.db.session import transaction
@@ -21,8 +20,6 @@ from flip_core.tasks import PingResult, TaskStatus, TaskType, payload_purpose
 from flip_trust_api.agent import Agent
 from flip_trust_api.errors import FatalHubError, IdentityMismatch
 from flip_trust_api.outbox import OUTBOX_FILE, Outbox
-
-T = TypeVar("T")
 
 
 async def test_ping_round_trip_with_heartbeat_and_health(hub: RunningHub, tmp_path: Path) -> None:
@@ -83,11 +80,11 @@ async def test_a_result_stored_during_an_outage_is_delivered_once_after_a_restar
     gate = Gate()
     first = await start_agent(settings, kit, registry=gate.registry())
     try:
-        await eventually(lambda: _value(gate.started), lambda n: n == 1)
+        await eventually(lambda: current(gate.started), lambda n: n == 1)
         await hub.stop()  # the hub goes away while the task runs
         gate.release.set()
-        await eventually(lambda: _value(first.agent.counts["completed"]), lambda n: n == 1)
-        await eventually(lambda: _value(first.agent.limits.in_use()), lambda used: not used)
+        await eventually(lambda: current(first.agent.counts["completed"]), lambda n: n == 1)
+        await eventually(lambda: current(first.agent.limits.in_use()), lambda used: not used)
     finally:
         await first.stop()  # its last delivery attempt fails too: the hub is still down
 
@@ -119,7 +116,7 @@ async def test_a_result_for_a_lease_taken_over_elsewhere_is_dropped(hub: Running
     gate = Gate()
     run = await start_agent(settings, kit, registry=gate.registry())
     try:
-        await eventually(lambda: _value(gate.started), lambda n: n == 1)
+        await eventually(lambda: current(gate.started), lambda n: n == 1)
         # Another agent replica takes the task over after the lease "ran out" (one transaction, so this
         # agent's own lease poll skips the locked row).
         async with transaction(hub.state.sessions) as s:
@@ -146,7 +143,7 @@ async def test_a_task_redelivered_while_it_runs_is_answered_by_the_running_job(h
     gate = Gate()
     run = await start_agent(settings, kit, registry=gate.registry())
     try:
-        await eventually(lambda: _value(gate.started), lambda n: n == 1)
+        await eventually(lambda: current(gate.started), lambda n: n == 1)
         # The lease runs out while the job is still working (as after a long hub outage) ...
         async with transaction(hub.state.sessions) as s:
             past = datetime.now(UTC) - timedelta(seconds=1)
@@ -171,7 +168,7 @@ async def test_the_agent_never_leases_more_than_its_concurrency_limit(hub: Runni
     gate = Gate()
     run = await start_agent(settings, kit, registry=gate.registry(concurrency=8))
     try:
-        await eventually(lambda: _value(gate.running), lambda n: n == 2)
+        await eventually(lambda: current(gate.running), lambda n: n == 2)
         await asyncio.sleep(1.5)  # more than one lease poll: nothing more may be taken
         assert gate.started == 2
         assert await _count(hub, trust.id, TaskStatus.LEASED) == 2
@@ -209,7 +206,7 @@ async def test_stopping_lets_a_running_task_finish_within_the_grace_period(hub: 
     gate = Gate()
     run = await start_agent(settings, kit, registry=gate.registry())
     try:
-        await eventually(lambda: _value(gate.started), lambda n: n == 1)
+        await eventually(lambda: current(gate.started), lambda n: n == 1)
         run.agent.request_stop()
         await asyncio.sleep(0.3)
         assert not run.task.done()  # waiting for the running task
@@ -230,7 +227,7 @@ async def test_a_task_still_running_after_the_grace_period_is_abandoned(hub: Run
     gate = Gate()
     run = await start_agent(settings, kit, registry=gate.registry())
     try:
-        await eventually(lambda: _value(gate.started), lambda n: n == 1)
+        await eventually(lambda: current(gate.started), lambda n: n == 1)
     finally:
         await run.stop()
     assert gate.cancelled == 1
@@ -260,10 +257,6 @@ async def test_a_long_task_keeps_its_lease(hub: RunningHub, tmp_path: Path) -> N
         await hub.wait_for_task(task_id)
     finally:
         await run.stop()
-
-
-async def _value(value: T) -> T:
-    return value
 
 
 async def _count(hub: RunningHub, trust_id: uuid.UUID, status: TaskStatus) -> int:

@@ -113,3 +113,12 @@ async def test_an_unusable_state_folder_is_a_config_error(tmp_path: Path) -> Non
     with pytest.raises(AgentConfigError, match="cannot open the outbox"):
         await agent.run()
     assert not agent.health_ready.is_set()
+
+
+def test_poll_waits_are_spread_so_agents_do_not_poll_in_lockstep(tmp_path: Path) -> None:
+    settings = AgentSettings(FLIP_AGENT_STATE_DIR=tmp_path, FLIP_AGENT_LEASE_WAIT_S=25)
+    agent = Agent(settings, KIT)
+    waits = {agent._poll_wait() for _ in range(500)}
+    assert min(waits) >= 20.0
+    assert max(waits) <= 25.0
+    assert len(waits) > 20  # spread, not a handful of values

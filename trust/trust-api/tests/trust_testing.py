@@ -53,6 +53,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def fast_hub_settings(state_dir: Path, port: int) -> HubSettings:
+    """Hub settings for tests: cheap password hashing, plain-text logs, served on 127.0.0.1:``port``."""
+    return HubSettings(
+        FLIP_STATE_DIR=state_dir,
+        FLIP_JWT_SECRET="test-jwt-secret-" + uuid.uuid4().hex,
+        FLIP_HUB_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        FLIP_LOG_JSON=False,
+        FLIP_ARGON2_TIME_COST=1,
+        FLIP_ARGON2_MEMORY_KIB=1024,
+        FLIP_ARGON2_PARALLELISM=1,
+    )
+
+
 @dataclass
 class RunningHub:
     """The hub on ``127.0.0.1:port``; :meth:`stop` and :meth:`start` simulate an outage."""
@@ -117,6 +130,12 @@ class RunningHub:
             task = await enqueue_task(s, self.state, trust, task_type, payload)
         return task.id
 
+    async def enqueue_burst(self, trust: Trust, payloads: list[dict[str, Any]]) -> list[uuid.UUID]:
+        """Enqueue pings in one transaction: they become visible, and wake every waiter, at once."""
+        async with transaction(self.state.sessions) as s:
+            created = [await enqueue_task(s, self.state, trust, TaskType.PING, p) for p in payloads]
+        return [task.id for task in created]
+
     async def task(self, task_id: uuid.UUID) -> TrustTask:
         async with self.state.sessions() as s:
             row = await s.get(TrustTask, task_id)
@@ -153,6 +172,11 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s; last value: {value!r}")
         await asyncio.sleep(every_s)
+
+
+async def current(value: T) -> T:
+    """An awaitable of a value read now, for :func:`eventually` probes of plain attributes."""
+    return value
 
 
 def write_kit(path: Path, kit: TrustKit) -> Path:

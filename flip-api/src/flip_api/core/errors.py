@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flip_core.contract import ErrorBody
@@ -93,6 +94,22 @@ def _describe_validation(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "validation_error", "; ".join(parts) + more
 
 
+# SQLSTATEs of failures that retrying the same request can cure: serialization failures and deadlocks
+# (class 40) and lock timeouts.  Every other operational failure means the database is not reachable.
+_BUSY_SQLSTATES = ("40", "55P03")
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_failure(exc: sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError) -> tuple[str, str]:
+    """``(code, detail)`` for a database failure a client should retry: unreachable or momentarily busy."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return "database_busy", "the hub's database connections are all in use; retry shortly"
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None and sqlstate.startswith(_BUSY_SQLSTATES):
+        return "database_busy", "the database could not complete the request (conflict or lock); retry shortly"
+    return "database_unavailable", "the hub cannot reach its database; retry shortly"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers so that no response leaves the hub without the standard error body."""
 
@@ -110,6 +127,17 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return JSONResponse(_body(detail, code), status_code=exc.status_code, headers=exc.headers)
+
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+        code, detail = database_failure(exc)
+        # No stack trace and no driver message in the body: the log carries the cause, once per failure.
+        cause = type(getattr(exc, "orig", exc)).__name__
+        log.warning("database failure answered with 503", extra={"code": code, "error": cause})
+        return JSONResponse(_body(detail, code), status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+    for failure in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        app.add_exception_handler(failure, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sqlite3
 import time
 import uuid
@@ -55,6 +56,7 @@ from flip_trust_api.outbox import OUTBOX_FILE, Claim, Outbox
 log = logging.getLogger(__name__)
 
 MIN_POLL_INTERVAL_S = 1.0
+POLL_WAIT_JITTER = 0.2
 MIN_EXTEND_DELAY_S = 1.0
 DELIVERY_ATTEMPTS = 3
 """Tries a finishing job makes to post its own result before leaving it to the drain loop."""
@@ -128,6 +130,7 @@ class Agent:
         )
         self.health_server = HealthServer(self.status_report, host=settings.health_host, port=settings.health_port)
         self.backoff = Backoff()
+        self._jitter = random.Random()
         self.started_at = datetime.now(UTC)
         self.phase = Phase.STARTING
         self.outbox: Outbox | None = None
@@ -356,7 +359,7 @@ class Agent:
             )
             asked = time.monotonic()
             try:
-                response = await self.client.lease(request, wait_s=self.settings.lease_wait_s)
+                response = await self.client.lease(request, wait_s=self._poll_wait())
             except HubRejected as exc:
                 # Not the agent's fault as a whole (that would be fatal): say so and try again later.
                 log.error("the hub refused to lease tasks", extra={"status": exc.status, "code": exc.code})
@@ -374,6 +377,11 @@ class Agent:
             if not response.tasks and received - asked < MIN_POLL_INTERVAL_S:
                 # The hub answered an empty lease at once (wait=0, or a proxy cut the poll): do not spin.
                 await asyncio.sleep(MIN_POLL_INTERVAL_S)
+
+    def _poll_wait(self) -> float:
+        """The configured wait less up to a fifth, at random: agents that all reconnected at once after a
+        hub restart drift apart instead of polling in lockstep for ever."""
+        return round(self.settings.lease_wait_s * self._jitter.uniform(1 - POLL_WAIT_JITTER, 1.0), 1)
 
     async def _accept(self, task: LeasedTask, *, deadline: float) -> None:
         assert self.outbox is not None

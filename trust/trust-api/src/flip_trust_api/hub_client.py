@@ -177,15 +177,15 @@ class HubClient:
         """Report liveness and the health snapshot (one attempt by default: the next beat is the retry)."""
         return await self._call("POST", "/heartbeat", HeartbeatAck, body=beat, attempts=attempts)
 
-    async def lease(self, request: LeaseRequest, *, wait_s: int, attempts: int | None = None) -> LeaseResponse:
+    async def lease(self, request: LeaseRequest, *, wait_s: float, attempts: int | None = None) -> LeaseResponse:
         """Long-poll for tasks: the hub answers at once if work is pending, else within ``wait_s`` seconds."""
-        wait_s = max(0, min(wait_s, MAX_LEASE_WAIT_S))
+        wait_s = max(0.0, min(wait_s, MAX_LEASE_WAIT_S))
         return await self._call(
             "POST",
             "/tasks/lease",
             LeaseResponse,
             body=request,
-            params={"wait": wait_s},
+            params={"wait": f"{wait_s:g}"},
             timeout_s=self.timeout_s + wait_s,
             attempts=attempts,
         )

@@ -18,6 +18,7 @@ from flip_core.logging import configure_logging
 from flip_trust_api.agent import Agent
 from flip_trust_api.config import AgentSettings, load_kit
 from flip_trust_api.errors import AgentError
+from flip_trust_api.handlers import HandlerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,18 @@ def run_agent(settings: AgentSettings) -> None:
     asyncio.run(serve(settings, kit))
 
 
-async def serve(settings: AgentSettings, kit: TrustKit, *, announce: Callable[[str], None] = _announce) -> None:
-    """Run one agent with SIGTERM/SIGINT wired to a graceful stop; print the ``/health`` URL once it listens."""
-    agent = Agent(settings, kit)
+async def serve(
+    settings: AgentSettings,
+    kit: TrustKit,
+    *,
+    registry: HandlerRegistry | None = None,
+    announce: Callable[[str], None] = _announce,
+) -> None:
+    """Run one agent with SIGTERM/SIGINT wired to a graceful stop; print the ``/health`` URL once it listens.
+
+    ``registry`` replaces the built-in task handlers (a site embedding the agent with its own handlers).
+    """
+    agent = Agent(settings, kit, registry=registry)
     loop = asyncio.get_running_loop()
     handled = (signal.SIGINT, signal.SIGTERM)
     for sig in handled:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import update
 
 from flip_api.api.deps import HubDep, MachineTrust, SessionDep
@@ -32,6 +32,8 @@ from flip_core.tasks import (
 )
 
 router = APIRouter(prefix="/trust", tags=["trust machine"])
+
+LIVENESS_STAMP_INTERVAL = timedelta(seconds=10)
 
 
 def _rate_limit(hub: HubDep, trust: Trust) -> None:
@@ -61,36 +63,51 @@ async def lease(
     trust: MachineTrust,
     hub: HubDep,
     db: SessionDep,
+    request: Request,
     wait: Annotated[float, Query(ge=0, le=MAX_LEASE_WAIT_S, description="seconds to wait for work")] = 0,
 ) -> LeaseResponse:
     """Lease ready tasks; with ``wait`` the request is held until work arrives or the wait ends."""
     _rate_limit(hub, trust)
     trust_id = trust.id
+    # A lease is proof of life too, so agents need no frequent heartbeat; a stamp a few seconds old is
+    # fresh enough and skipping the write keeps fast pollers cheap.
+    stamp = trust.last_heartbeat is None or datetime.now(UTC) - trust.last_heartbeat > LIVENESS_STAMP_INTERVAL
     # Never hold a database connection while waiting: thousands of trusts may be parked here.
     await db.close()
     deadline = time.monotonic() + wait
-    first = True
-    with hub.notifier.subscription(trust_id) as woken:
-        while True:
-            woken.clear()
-            async with hub.sessions() as session, session.begin():
-                if first:
-                    # A lease is proof of life too: agents need no separate frequent heartbeat.
-                    await session.execute(
-                        update(Trust).where(Trust.id == trust_id).values(last_heartbeat=datetime.now(UTC))
+    gone = asyncio.create_task(_client_gone(request), name="lease-disconnect")
+    try:
+        with hub.notifier.subscription(trust_id) as woken:
+            while True:
+                woken.clear()
+                async with hub.sessions() as session, session.begin():
+                    if stamp:
+                        await session.execute(
+                            update(Trust).where(Trust.id == trust_id).values(last_heartbeat=datetime.now(UTC))
+                        )
+                        stamp = False
+                    leased = await tasks.lease_tasks(
+                        session, trust_id, max_tasks=body.max_tasks, lease_s=body.lease_s, types=body.types
                     )
-                    first = False
-                leased = await tasks.lease_tasks(
-                    session, trust_id, max_tasks=body.max_tasks, lease_s=body.lease_s, types=body.types
-                )
-            remaining = deadline - time.monotonic()
-            if leased or remaining <= 0:
-                return LeaseResponse(trust_id=trust_id, tasks=leased, server_time=datetime.now(UTC))
-            try:
-                async with asyncio.timeout(remaining):
-                    await woken.wait()
-            except TimeoutError:
-                return LeaseResponse(trust_id=trust_id, tasks=[], server_time=datetime.now(UTC))
+                remaining = deadline - time.monotonic()
+                if leased or remaining <= 0:
+                    return LeaseResponse(trust_id=trust_id, tasks=leased, server_time=datetime.now(UTC))
+                wake = asyncio.create_task(woken.wait())
+                try:
+                    await asyncio.wait({wake, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    wake.cancel()
+                if gone.done() or not wake.done():
+                    # The agent hung up (nothing may be leased to nobody) or the wait ran out.
+                    return LeaseResponse(trust_id=trust_id, tasks=[], server_time=datetime.now(UTC))
+    finally:
+        gone.cancel()
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body is already read, so the next message says so)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        continue
 
 
 @router.post("/tasks/{task_id}/extend", response_model=LeaseExtended)
