@@ -44,11 +44,12 @@ from flip_core.tasks import (
     ServiceHealth,
     TaskResult,
 )
-from flip_trust_api import __version__
+from flip_trust_api import __version__, cohorts
 from flip_trust_api.config import AgentSettings
+from flip_trust_api.data_access import DataAccessClient
 from flip_trust_api.errors import AgentConfigError, AgentError, FatalHubError, IdentityMismatch, KitError
-from flip_trust_api.handlers import ConcurrencyLimits, HandlerRegistry, TaskContext
-from flip_trust_api.handlers import registry as builtin_handlers
+from flip_trust_api.handlers import ConcurrencyLimits, HandlerRegistry, TaskContext, TrustServices
+from flip_trust_api.handlers import registry as ping_handlers
 from flip_trust_api.health import HealthServer, Probe, build_probes, collect_health, initial_health
 from flip_trust_api.hub_client import Backoff, HubClient, HubRejected, HubUnavailable, StaleLease
 from flip_trust_api.outbox import OUTBOX_FILE, Claim, Outbox
@@ -57,6 +58,15 @@ log = logging.getLogger(__name__)
 
 MIN_POLL_INTERVAL_S = 1.0
 POLL_WAIT_JITTER = 0.2
+
+
+def builtin_registry() -> HandlerRegistry:
+    """The handlers an agent runs unless given others: ``ping`` and the cohort tasks."""
+    registry = ping_handlers.copy()
+    cohorts.register(registry)
+    return registry
+
+
 MIN_EXTEND_DELAY_S = 1.0
 DELIVERY_ATTEMPTS = 3
 """Tries a finishing job makes to post its own result before leaving it to the drain loop."""
@@ -111,10 +121,16 @@ class Agent:
             self.keyring = Keyring({kit.payload_key_id: decode_key(kit.payload_key)}, current=kit.payload_key_id)
         except CryptoError as exc:
             raise KitError(f"the kit's payload key is unusable: {exc}") from exc
-        self.registry = registry if registry is not None else builtin_handlers.copy()
+        self.registry = registry if registry is not None else builtin_registry()
         self.limits = ConcurrencyLimits.for_registry(self.registry, settings.concurrency)
         self.client = client or HubClient(kit, timeout_s=settings.hub_timeout_s)
         self._probe_http = httpx.AsyncClient(timeout=settings.probe_timeout_s, follow_redirects=False)
+        self._data_access = (
+            DataAccessClient(settings.data_access_url, kit.internal_key, timeout_s=settings.data_access_timeout_s)
+            if settings.data_access_url
+            else None
+        )
+        self.services = TrustServices(data_access=self._data_access)
         self.probes = (
             probes
             if probes is not None
@@ -287,6 +303,8 @@ class Agent:
         await self.health_server.stop()
         await self.client.aclose()
         await self._probe_http.aclose()
+        if self._data_access is not None:
+            await self._data_access.aclose()
         if self.outbox is not None:
             pending = await self.outbox.size()
             await self.outbox.close()
@@ -426,6 +444,7 @@ class Agent:
                 trust_id=self.kit.trust_id,
                 trust_code=self.kit.trust_code,
                 agent_version=__version__,
+                services=self.services,
             )
             try:
                 outcome = await self.registry.execute(task, self.keyring, ctx)

@@ -44,6 +44,9 @@ class AgentSettings(FlipSettings):
     health_port: int = Field(0, ge=0, le=65535, validation_alias="FLIP_AGENT_HEALTH_PORT")
 
     data_access_url: str | None = Field(None, validation_alias="FLIP_AGENT_DATA_ACCESS_URL")
+    data_access_timeout_s: float = Field(
+        600, gt=0, le=7200, validation_alias="FLIP_AGENT_DATA_ACCESS_TIMEOUT_S", description="per cohort request"
+    )
     imaging_url: str | None = Field(None, validation_alias="FLIP_AGENT_IMAGING_URL")
     pacs_host: str | None = Field(None, validation_alias="FLIP_AGENT_PACS_HOST")
     pacs_port: int = Field(104, ge=1, le=65535, validation_alias="FLIP_AGENT_PACS_PORT")

@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flip_core.crypto import CryptoError, Keyring
 from flip_core.tasks import (
@@ -60,6 +60,19 @@ class TaskFailure(Exception):
 
 
 @dataclass(frozen=True)
+class TrustServices:
+    """Clients of the trust's own services that handlers may call (None when not configured)."""
+
+    data_access: DataAccessPort | None = None
+
+
+class DataAccessPort(Protocol):
+    """What handlers need of the data-access-api client."""
+
+    async def post(self, path: str, body: BaseModel) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
 class TaskContext:
     """What a handler may know about the task it runs and the agent running it."""
 
@@ -69,6 +82,7 @@ class TaskContext:
     trust_id: uuid.UUID
     trust_code: str
     agent_version: str
+    services: TrustServices = field(default_factory=TrustServices)
 
 
 Handler = Callable[[dict[str, Any], TaskContext], Awaitable[dict[str, Any]]]
