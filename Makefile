@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: help ensure-uv install demo test lint fmt typecheck pytest clean bench-poll
+.PHONY: help ensure-uv install demo test lint fmt typecheck pytest clean bench-poll bench-cohort
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,3 +47,6 @@ clean: ## remove caches and local demo state
 
 bench-poll: install ## benchmark: task pickup latency and idle load, long-poll vs 5 s polling (1,000 trusts)
 	$(UV) run python bench/poll.py --trusts $(or $(TRUSTS),1000)
+
+bench-cohort: install ## benchmark: cohort statistics through the data-access-api vs the same SQL in psql (1 M persons)
+	$(UV) run python bench/cohort.py --persons $(or $(PERSONS),1000000)

@@ -8,7 +8,9 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from flip_cli.data_access import data_access
 from flip_cli.errors import CliError, config_error
+from flip_cli.omop import omop
 from flip_trust_api.config import AgentSettings
 from flip_trust_api.errors import AgentConfigError, AgentError
 from flip_trust_api.serve import run_agent
@@ -16,7 +18,7 @@ from flip_trust_api.serve import run_agent
 
 @click.group()
 def trust() -> None:
-    """The trust side: the agent that leases work from the hub and runs it inside the hospital."""
+    """The trust side: the agent that leases work from the hub, the data-access-api and the OMOP database."""
 
 
 @trust.command()
@@ -66,3 +68,7 @@ def serve(kit_file: Path | None, state_dir: Path | None, health_port: int | None
     except Exception as exc:
         # run_agent has logged the traceback; the operator gets one line and exit code 1.
         raise CliError(f"the trust agent stopped unexpectedly: {type(exc).__name__}: {exc}") from exc
+
+
+trust.add_command(omop)
+trust.add_command(data_access)

@@ -11,7 +11,8 @@ Public API:
   the matching synthetic DICOM studies.
 """
 
-from flip_omop.generator import UID_ROOT, ImagingStudy, generate_blocks, image_occurrences
+from flip_omop.generator import UID_ROOT, generate_blocks
+from flip_omop.imaging import ImagingStudy, image_occurrences
 from flip_omop.loader import LoadSummary, SchemaNotEmptyError, load_synthetic, non_empty_tables
 from flip_omop.profiles import PROFILE_NAMES, PROFILES, TrustProfile, get_profile, profile_for
 from flip_omop.schema import OMOP_SCHEMA, TABLES, ReadOnlyRoleError, create_readonly_role, create_schema, ddl
