@@ -128,16 +128,30 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path, state_dir: Pa
         ("RIVR", "HUB"),
     }
     assert summary["trusts"]["status"] == "ok"
-    assert summary["trusts"]["registered"] == ["ELSE", "RIVR"]
+    assert summary["trusts"]["registered"] == ["ELSE", "RIVR", "HILL"]
     assert summary["trusts"]["whoami_ok"] is True
+    assert summary["data"]["status"] == "ok"
+    assert {code: t["persons"] for code, t in summary["data"]["trusts"].items()} == {
+        "ELSE": 4000,
+        "RIVR": 3000,
+        "HILL": 120,
+    }
+    assert summary["cohort"]["status"] == "ok"
+    states = {code: r["state"] for code, r in summary["cohort"]["results"].items()}
+    assert states == {"ELSE": "done", "RIVR": "done", "HILL": "suppressed"}
+    assert summary["cohort"]["results"]["HILL"]["record_count"] == {"value": None, "suppressed": True}
+    released = [summary["cohort"]["results"][code]["record_count"]["value"] for code in ("ELSE", "RIVR")]
+    assert summary["cohort"]["total"] == sum(released)
+    assert set(summary["project"]["snapshots"]) == {"ELSE", "RIVR"}
+    assert all(len(s["sha256"]) == 64 for s in summary["project"]["snapshots"].values())
     assert summary["link"]["status"] == "ok"
-    for code in ("ELSE", "RIVR"):
+    for code in ("ELSE", "RIVR", "HILL"):
         ping = summary["link"]["pings"][code]
         assert ping["echo"] == f"hello {code}"
         assert ping["trust_status"] == "online"
     assert summary["audit"]["chain_ok"] is True
     assert summary["audit"]["entries"] > 0
-    for code in ("ELSE", "RIVR"):
+    for code in ("ELSE", "RIVR", "HILL"):
         assert stat.S_IMODE((state_dir / "kits" / f"{code}.env").stat().st_mode) == 0o600
     assert _gone(summary["hub"]["pid"])
     assert _processes_mentioning(str(state_dir)) == []

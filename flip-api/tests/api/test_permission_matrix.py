@@ -17,17 +17,14 @@ from enum import StrEnum
 import httpx
 import pytest
 from fastapi import FastAPI
-from hub_testing import MakeUser, api_routes
+from hub_testing import COHORT_SQL, MakeUser, api_routes, ready_cohort, register_test_trust
 from sqlalchemy import select
 
 from flip_api.core.permissions import RoleName
 from flip_api.core.state import HubState
 from flip_api.db.models import AccessRequest
 from flip_api.db.session import transaction
-from flip_api.services.audit import Actor
 from flip_api.services.tasks import enqueue_task
-from flip_api.services.trusts import register_trust
-from flip_core.contract import PROTOCOL_HEADER, PROTOCOL_VERSION, TRUST_KEY_HEADER
 from flip_core.tasks import TaskType
 
 
@@ -63,19 +60,7 @@ class World:
 
 async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser) -> World:
     tag = uuid.uuid4().hex[:6].upper()
-    async with transaction(hub.sessions) as s:
-        kits = [
-            await register_trust(
-                s,
-                Actor.system("test"),
-                data_key=hub.data_key,
-                hub_url="http://hub.test",
-                name=f"T{i} {tag}",
-                code=f"T{i}{tag}",
-            )
-            for i in (1, 2)
-        ]
-    t1, t2 = kits[0].trust, kits[1].trust
+    t1, t2 = [await register_test_trust(hub, f"T{i}{tag}", name=f"T{i} {tag}") for i in (1, 2)]
     viewer = await make_user(RoleName.VIEWER)
     owner = await make_user(RoleName.RESEARCHER)
     outsider = await make_user(RoleName.RESEARCHER)
@@ -90,7 +75,7 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser)
         Caller.OUTSIDER: outsider.headers,
         Caller.TRUST_ADMIN: trust_admin.headers,
         Caller.ADMIN: admin.headers,
-        Caller.TRUST_KEY: {TRUST_KEY_HEADER: kits[0].kit.api_key, PROTOCOL_HEADER: PROTOCOL_VERSION},
+        Caller.TRUST_KEY: t1.headers,
     }
     passwords = {
         Caller.VIEWER: viewer.password,
@@ -108,6 +93,9 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser)
         )
         assert r.status_code == 201, r.text
         ids.append(uuid.UUID(r.json()["id"]))
+    # Both projects' queries were answered: the unstaged one at trust1 (stageable there), the staged one at both.
+    await ready_cohort(client, owner.headers, ids[0], t1)
+    await ready_cohort(client, owner.headers, ids[1], t1, t2)
     r = await client.post(
         f"/api/projects/{ids[1]}/stage", headers=owner.headers, json={"trust_ids": [str(t1.id), str(t2.id)]}
     )
@@ -119,7 +107,7 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser)
         request_id = await s.scalar(select(AccessRequest.id).where(AccessRequest.email == email))
     assert request_id is not None
     async with transaction(hub.sessions) as s:
-        task = await enqueue_task(s, hub, t1, TaskType.PING, {"message": "matrix"})
+        task = await enqueue_task(s, hub, t1.trust, TaskType.PING, {"message": "matrix"})
     r = await client.post("/api/trust/tasks/lease", headers=headers[Caller.TRUST_KEY], json={})
     assert r.status_code == 200, r.text
     (leased,) = r.json()["tasks"]
@@ -369,6 +357,59 @@ MATRIX: list[Row] = [
         lambda w, c: ("POST", f"/api/projects/{w.unstaged}/stage", {"trust_ids": [str(w.trust1)]}),
     ),
     row("POST", P + "/unstage", ADMIN_ONLY, lambda w, c: ("POST", f"/api/projects/{w.staged}/unstage", None)),
+    # cohorts
+    row(
+        "PUT",
+        P + "/query",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("PUT", f"/api/projects/{w.unstaged}/query", {"sql": COHORT_SQL + " AND person_id > 7"}),
+    ),
+    row(
+        "GET",
+        P + "/query",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.unstaged}/query", None),
+        "unstaged",
+    ),
+    row(
+        "GET",
+        P + "/query",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.staged}/query", None),
+        "staged at the trust admin's trust",
+    ),
+    row(
+        "POST",
+        P + "/query/precheck",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("POST", f"/api/projects/{w.unstaged}/query/precheck", {"sql": COHORT_SQL}),
+    ),
+    row(
+        "POST",
+        P + "/query/submit",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("POST", f"/api/projects/{w.unstaged}/query/submit", None),
+    ),
+    row(
+        "GET",
+        P + "/query/results",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.unstaged}/query/results", None),
+        "unstaged",
+    ),
+    row(
+        "GET",
+        P + "/query/results",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.staged}/query/results", None),
+        "staged at the trust admin's trust",
+    ),
+    row(
+        "GET",
+        P + "/snapshots",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.staged}/snapshots", None),
+    ),
     row(
         "GET",
         P + "/trusts",

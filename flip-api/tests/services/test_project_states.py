@@ -109,6 +109,21 @@ def _project() -> Project:
     return Project(id=uuid.uuid4(), name="p", description="", has_imaging=False, dicom_to_nifti=False)
 
 
+@pytest.fixture
+def basic_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the checks that need no cohort (the cohort check is tested through the API in test_cohorts)."""
+    monkeypatch.setattr(staging, "STAGING_CHECKS", [staging.at_least_one_trust, staging.trusts_exist])
+
+
+def test_registry_holds_the_documented_checks() -> None:
+    assert [
+        staging.at_least_one_trust,
+        staging.trusts_exist,
+        staging.cohort_usable_at_every_trust,
+    ] == staging.STAGING_CHECKS
+
+
+@pytest.mark.usefixtures("basic_checks")
 async def test_basic_checks_pass_for_known_trusts(hub: HubState, db: AsyncSession) -> None:
     async with transaction(hub.sessions) as s:
         issued = await register_trust(
@@ -117,6 +132,7 @@ async def test_basic_checks_pass_for_known_trusts(hub: HubState, db: AsyncSessio
     await check_staging(db, _project(), [issued.trust.id])
 
 
+@pytest.mark.usefixtures("basic_checks")
 async def test_basic_checks_report_every_problem(db: AsyncSession) -> None:
     with pytest.raises(StagingBlocked) as raised:
         await check_staging(db, _project(), [])
@@ -131,6 +147,7 @@ async def test_basic_checks_report_every_problem(db: AsyncSession) -> None:
     assert str(missing[1]) in raised.value.detail
 
 
+@pytest.mark.usefixtures("basic_checks")
 async def test_a_registered_check_is_one_function_and_one_line(
     db: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:

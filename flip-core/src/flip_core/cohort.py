@@ -127,6 +127,7 @@ class CohortSnapshotInfo(_Wire):
     query_id: uuid.UUID
     persons: GatedCount
     rows: GatedCount
+    k: int = Field(ge=1, le=MAX_K, description="the threshold applied: max(trust's, hub's)")
     columns: list[ColumnName] = Field(max_length=200)
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     created_at: datetime

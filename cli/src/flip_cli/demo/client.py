@@ -75,6 +75,19 @@ class HubClient:
             raise DemoError(f"{method} {path} answered {type(body).__name__}, expected a JSON object")
         return body
 
+    def get_json(self, path: str, *, token: str) -> Any:
+        """GET ``path`` and return its JSON body, object or list (200 only)."""
+        try:
+            response = self._http.get(path, headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise DemoError(f"GET {path} failed: {exc}") from exc
+        if response.status_code != 200:
+            raise DemoError(f"GET {path} answered {response.status_code}: {_describe(response)}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise DemoError(f"GET {path} answered 200 without a JSON body") from exc
+
     def sign_in(self, email: str, password: str) -> SignedIn:
         """Password, then first-time TOTP enrolment: the flow a new user follows in the UI."""
         login = self.call("POST", "/api/auth/login", json={"email": email, "password": password})

@@ -150,11 +150,12 @@ def _wait_for_interrupt(ctx: DemoContext) -> ExitCode:
 
 
 def _final_line(summary: dict[str, Any]) -> str:
-    project, audit = summary.get("project", {}), summary.get("audit", {})
+    project, audit, cohort = summary.get("project", {}), summary.get("audit", {}), summary.get("cohort", {})
     decided = ", ".join(f"{d['trust']} ({d['decided_as']})" for d in project.get("decisions", []))
     return (
-        f"Demo finished in {summary['duration_s']} s: project {project.get('project_status')} "
-        f"at {decided}; {audit.get('entries')} audit entries, chain intact."
+        f"Demo finished in {summary['duration_s']} s: cohort of {cohort.get('total')} persons across trusts; "
+        f"project {project.get('project_status')} at {decided} with frozen cohorts; "
+        f"{audit.get('entries')} audit entries, chain intact."
     )
 
 

@@ -47,9 +47,12 @@ class DemoTrust:
     code: str
     name: str
     region: str
+    profile: str = "north"  # synthetic population (flip_omop profile)
+    persons: int = 2000
     trust_id: uuid.UUID | None = None
     kit_path: Path | None = None
     kit: TrustKit | None = None
+    data_access_url: str | None = None
 
     @property
     def id(self) -> uuid.UUID:

@@ -9,6 +9,7 @@ hub child process, so the walkthrough exercises the product exactly as it ships.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -24,15 +25,17 @@ from flip_cli.database import HubDatabase
 from flip_cli.demo.client import HubClient
 from flip_cli.demo.context import DemoContext, DemoTrust, DemoUser, Phase, PhaseResult
 from flip_cli.demo.errors import DemoError
-from flip_cli.demo.processes import HubProcess, TrustAgentProcess, child_environment, free_port
+from flip_cli.demo.processes import DataAccessProcess, HubProcess, TrustAgentProcess, child_environment, free_port
 from flip_cli.kits import write_kit
 from flip_core.embedded_pg import EmbeddedPostgres
+from flip_omop.loader import load_synthetic
+from flip_omop.schema import create_readonly_role
 
 DEMO_ACTOR = Actor.system("demo")
 HEALTH_TIMEOUT_S = 60.0
 
 ADMIN, RESEARCHER, TRUST_ADMIN = "admin", "researcher", "trust_admin"
-SITE_TRUST, HUB_TRUST = "ELSE", "RIVR"
+SITE_TRUST, HUB_TRUST, SMALL_TRUST = "ELSE", "RIVR", "HILL"
 
 
 def demo_users() -> dict[str, DemoUser]:
@@ -47,10 +50,12 @@ def demo_users() -> dict[str, DemoUser]:
 
 
 def demo_trusts() -> dict[str, DemoTrust]:
-    """Two hospitals: ELSE decides for itself (it has a Trust Admin); RIVR is decided by the hub admin."""
+    """Three hospitals with different populations. ELSE decides for itself (it has a Trust Admin); RIVR
+    is decided by the hub admin; HILL is a small community hospital whose cohort is too small to report."""
     return {
-        SITE_TRUST: DemoTrust(SITE_TRUST, "St Elsewhere NHS Trust", "London"),
-        HUB_TRUST: DemoTrust(HUB_TRUST, "Riverside Hospital", "North West"),
+        SITE_TRUST: DemoTrust(SITE_TRUST, "St Elsewhere NHS Trust", "London", profile="north", persons=4000),
+        HUB_TRUST: DemoTrust(HUB_TRUST, "Riverside Hospital", "North West", profile="east", persons=3000),
+        SMALL_TRUST: DemoTrust(SMALL_TRUST, "Hillside Community Hospital", "Cumbria", profile="south", persons=120),
     }
 
 
@@ -178,7 +183,7 @@ def register_trusts(ctx: DemoContext) -> PhaseResult:
     ctx.require_db().run(register)
     for trust in ctx.trusts.values():
         ctx.say("operator", f"registered {trust.name} ({trust.code}); kit written to {trust.kit_path}")
-    ctx.say("operator", f"appointed {trust_admin.email} Trust Admin of {SITE_TRUST}; {HUB_TRUST} has none")
+    ctx.say("operator", f"appointed {trust_admin.email} Trust Admin of {SITE_TRUST}; the others have none")
 
     client = ctx.require_client()
     for trust in ctx.trusts.values():
@@ -194,9 +199,56 @@ def register_trusts(ctx: DemoContext) -> PhaseResult:
     return {
         "registered": [t.code for t in ctx.trusts.values()],
         "kits": {t.code: str(t.kit_path) for t in ctx.trusts.values()},
-        "trust_admins": {SITE_TRUST: [trust_admin.email], HUB_TRUST: []},
+        "trust_admins": {SITE_TRUST: [trust_admin.email], HUB_TRUST: [], SMALL_TRUST: []},
         "whoami_ok": True,
     }
+
+
+# ------------------------------------------------------------------------------------- trust data
+
+DEMO_SEED = 2026
+
+
+def prepare_trust_data(ctx: DemoContext) -> PhaseResult:
+    """Each trust's own OMOP database (synthetic, different populations) and its data-access-api."""
+    server = EmbeddedPostgres(ctx.state_dir / "trust-pgdata", persistent=True)
+    ctx.stack.callback(server.stop)
+    ctx.say("operator", f"trust-side PostgreSQL ready (data in {server.pgdata}, socket only)")
+    loaded: dict[str, Any] = {}
+    for trust in ctx.trusts.values():
+        if trust.kit_path is None:
+            raise DemoError(f"trust {trust.code} has no kit")
+        database, reader = f"omop_{trust.code.lower()}", f"omop_reader_{trust.code.lower()}"
+        ensure_database(server.url(database))
+        owner = server.libpq_dsn(database)
+        summary = load_synthetic(owner, trust.persons, DEMO_SEED, trust.profile, replace=True)
+        create_readonly_role(owner, reader, None)
+        ctx.say(
+            f"trust {trust.code}",
+            f"OMOP loaded: {trust.persons:,} synthetic persons ({trust.profile} profile), "
+            f"{sum(summary.rows.values()):,} rows in {summary.seconds:.1f} s; read-only role {reader}",
+        )
+        service = DataAccessProcess(
+            kit=trust.kit_path,
+            omop_url=f"postgresql://{reader}@/{database}?host={server.socket_dir}",
+            state_dir=ctx.state_dir / "data-access" / trust.code,
+            port=free_port(),
+            env=child_environment(database_url="", state_dir=ctx.state_dir, public_url=ctx.hub_url),
+            log_path=ctx.state_dir / "logs" / f"data-access-{trust.code}.log",
+        )
+        ctx.stack.callback(service.stop)
+        service.start()
+        service.wait_healthy(HEALTH_TIMEOUT_S)
+        trust.data_access_url = service.url
+        ctx.say(f"trust {trust.code}", f"data-access-api up at {service.url} (inside the trust; k = 10)")
+        loaded[trust.code] = {
+            "profile": trust.profile,
+            "persons": trust.persons,
+            "rows": dict(summary.rows),
+            "load_s": round(summary.seconds, 2),
+            "data_access_pid": service.pid,
+        }
+    return {"trusts": loaded}
 
 
 # ------------------------------------------------------------------------------------------- link
@@ -230,7 +282,7 @@ def link_trusts(ctx: DemoContext) -> PhaseResult:
         agent = TrustAgentProcess(
             kit=trust.kit_path,
             state_dir=ctx.state_dir / "agents" / trust.code,
-            env=env,
+            env={**env, "FLIP_AGENT_DATA_ACCESS_URL": trust.data_access_url or ""},
             log_path=ctx.state_dir / "logs" / f"agent-{trust.code}.log",
         )
         ctx.stack.callback(agent.stop)
@@ -293,20 +345,45 @@ def _decide(ctx: DemoContext, decider: DemoUser, project_id: str, trust: DemoTru
     return {"trust": trust.code, "decision": "APPROVED", "decided_as": expected_as}
 
 
-def run_project_lifecycle(ctx: DemoContext) -> PhaseResult:
-    """Researcher creates and stages a project; ELSE's Trust Admin and the hub admin (for RIVR) approve."""
-    client = ctx.require_client()
-    researcher, trust_admin, admin = ctx.users[RESEARCHER], ctx.users[TRUST_ADMIN], ctx.users[ADMIN]
-    site, hub_decided = ctx.trusts[SITE_TRUST], ctx.trusts[HUB_TRUST]
+COHORT_SQL = """
+SELECT p.person_id, p.year_of_birth, p.gender_concept_id, m.value_as_number AS hba1c, m.measurement_date
+FROM person p
+JOIN condition_occurrence c ON c.person_id = p.person_id AND c.condition_concept_id = 201826
+LEFT JOIN measurement m ON m.person_id = p.person_id AND m.measurement_concept_id = 3004410
+""".strip()
+COHORT_TIMEOUT_S = 120.0
 
-    name = "Demo: early warning of sepsis"
+
+def _poll(ctx: DemoContext, token: str, path: str, done: Callable[[Any], bool], what: str) -> Any:
+    client = ctx.require_client()
+    deadline = time.monotonic() + COHORT_TIMEOUT_S
+    while True:
+        body = client.get_json(path, token=token)
+        if done(body):
+            return body
+        if time.monotonic() > deadline:
+            raise DemoError(f"{what} did not finish within {COHORT_TIMEOUT_S:.0f} s; last answer: {body}")
+        time.sleep(0.2)
+
+
+def _count(gated: dict[str, Any] | None) -> str:
+    if not gated:
+        return "-"
+    return "suppressed (< 10)" if gated.get("suppressed") else f"{gated.get('value'):,}"
+
+
+def run_cohort_query(ctx: DemoContext) -> PhaseResult:
+    """Researcher creates a project, saves a cohort query and runs it at every trust; counts come back gated."""
+    client = ctx.require_client()
+    researcher = ctx.users[RESEARCHER]
+    name = "Demo: HbA1c in type 2 diabetes"
     created = client.call(
         "POST",
         "/api/projects",
         token=researcher.token,
         json={
             "name": name,
-            "description": "Created by `flip demo` to walk through staging and approval.",
+            "description": "Created by `flip demo`: a cohort query, staging, approval and frozen cohorts.",
             "has_imaging": False,
             "dicom_to_nifti": False,
         },
@@ -318,6 +395,58 @@ def run_project_lifecycle(ctx: DemoContext) -> PhaseResult:
     ctx.project_id = project_id
     ctx.say(researcher.role, f"created project {name!r} ({project_id}) -> {created.get('status')}")
 
+    saved = client.call("PUT", f"/api/projects/{project_id}/query", token=researcher.token, json={"sql": COHORT_SQL})
+    ctx.say(researcher.role, f"saved the cohort query as version {saved.get('version')} (validated on the hub)")
+    client.call("POST", f"/api/projects/{project_id}/query/submit", token=researcher.token, expect=(202,))
+    ctx.say(researcher.role, "submitted it: one sealed cohort_query task per trust")
+
+    def settled(body: Any) -> bool:
+        return all(t.get("state") not in {"queued", "running"} for t in body.get("trusts", []))
+
+    results = _poll(ctx, researcher.token, f"/api/projects/{project_id}/query/results", settled, "the cohort query")
+    per_trust: dict[str, Any] = {}
+    for row in results.get("trusts", []):
+        code, state = row.get("trust_code"), row.get("state")
+        stats = row.get("statistics") or {}
+        sex: dict[str, Any] = next(
+            (d for d in stats.get("distributions", []) if d.get("name") == "sex"), {"buckets": []}
+        )
+        split = ", ".join(f"{b['label']} {_count(b['count'])}" for b in sex["buckets"])
+        detail = f"{_count(row.get('record_count'))} persons" + (f" ({split})" if split else "")
+        if state == "suppressed":
+            detail = "fewer than k = 10 persons, so no number left the trust"
+        elif state == "error":
+            detail = f"error {row.get('error_code')}: {row.get('error_detail')}"
+        ctx.say(f"trust {code}", f"{state}: {detail}")
+        per_trust[str(code)] = {"state": state, "record_count": row.get("record_count")}
+    expected = {SITE_TRUST: "done", HUB_TRUST: "done", SMALL_TRUST: "suppressed"}
+    seen = {code: per_trust.get(code, {}).get("state") for code in expected}
+    if seen != expected:
+        raise DemoError(f"cohort results by trust are {seen}, expected {expected}")
+    totals = results.get("totals", {})
+    total = totals.get("record_count")
+    ctx.say(researcher.role, f"total across trusts: {total:,} persons (suppressed counts add nothing)")
+    return {"id": project_id, "name": name, "query_version": saved.get("version"), "results": per_trust, "total": total}
+
+
+def run_approvals(ctx: DemoContext) -> PhaseResult:
+    """Stage where the count is usable; ELSE's Trust Admin and the hub admin (for RIVR) approve; cohorts freeze."""
+    client = ctx.require_client()
+    researcher, trust_admin, admin = ctx.users[RESEARCHER], ctx.users[TRUST_ADMIN], ctx.users[ADMIN]
+    site, hub_decided, small = ctx.trusts[SITE_TRUST], ctx.trusts[HUB_TRUST], ctx.trusts[SMALL_TRUST]
+    project_id = ctx.project_id
+    if project_id is None:
+        raise DemoError("no project: the cohort phase did not run")
+
+    # The hub refuses to stage at a trust whose count was suppressed.
+    refused = client.call(
+        "POST",
+        f"/api/projects/{project_id}/stage",
+        token=researcher.token,
+        json={"trust_ids": [str(site.id), str(small.id)]},
+        expect=(409,),
+    )
+    ctx.say(researcher.role, f"tried to stage at {small.code} too -> refused ({refused.get('code')})")
     staged = client.call(
         "POST",
         f"/api/projects/{project_id}/stage",
@@ -352,8 +481,25 @@ def run_project_lifecycle(ctx: DemoContext) -> PhaseResult:
         row = listed.get(decision["trust"])
         if row is None or row.get("decision") != "APPROVED" or row.get("decided_as") != decision["decided_as"]:
             raise DemoError(f"project view of {decision['trust']} is {row}, expected {decision}")
-    ctx.say(researcher.role, f"project {project_id} is {status} at {', '.join(sorted(str(code) for code in listed))}")
-    return {"id": project_id, "name": name, "project_status": status, "decisions": decisions}
+
+    def frozen(body: Any) -> bool:
+        states = {row.get("trust_code"): row.get("state") for row in body}
+        return all(states.get(code) in {"done", "error"} for code in (site.code, hub_decided.code))
+
+    snapshots = _poll(ctx, researcher.token, f"/api/projects/{project_id}/snapshots", frozen, "freezing the cohorts")
+    frozen_at: dict[str, Any] = {}
+    for row in snapshots:
+        code = row.get("trust_code")
+        if row.get("state") != "done":
+            raise DemoError(f"{code} could not freeze its cohort: {row.get('error_code')}")
+        ctx.say(
+            f"trust {code}",
+            f"cohort frozen: {_count(row.get('persons'))} persons, {_count(row.get('rows'))} rows, "
+            f"sha256 {str(row.get('sha256'))[:16]}... (the rows stay in the trust)",
+        )
+        frozen_at[str(code)] = {"persons": row.get("persons"), "sha256": row.get("sha256")}
+    ctx.say(researcher.role, f"project {project_id} is {status} at {', '.join(sorted(str(c) for c in listed))}")
+    return {"id": project_id, "project_status": status, "decisions": decisions, "snapshots": frozen_at}
 
 
 # -------------------------------------------------------------------------------------------- audit
@@ -373,7 +519,9 @@ PHASES: list[Phase] = [
     Phase("hub", "Start PostgreSQL and the hub", start_hub),
     Phase("users", "Create users and sign them in with MFA", create_and_sign_in_users),
     Phase("trusts", "Register trusts and check their kits", register_trusts),
+    Phase("data", "Load each trust's OMOP data and start its data-access-api", prepare_trust_data),
     Phase("link", "Start the trust agents and round-trip a task to each", link_trusts),
-    Phase("project", "Create, stage and approve a project", run_project_lifecycle),
+    Phase("cohort", "Create a project and run its cohort query at every trust", run_cohort_query),
+    Phase("project", "Stage, approve, and freeze the cohort at each approving trust", run_approvals),
     Phase("audit", "Verify the audit chain", verify_audit_chain),
 ]

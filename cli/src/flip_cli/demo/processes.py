@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +68,28 @@ class ChildProcess:
         text = tail(self.log_path, lines)
         return text or f"(the {self.name} wrote nothing)"
 
+    def wait_for_health(
+        self, base_url: str, path: str, timeout_s: float, ready: Callable[[dict[str, Any]], bool] = lambda _: True
+    ) -> dict[str, Any]:
+        """Poll ``GET path`` until it answers 200 with a body ``ready`` accepts; fail early if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        with httpx.Client(base_url=base_url, timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                code = self.exit_code()
+                if code is not None:
+                    raise DemoError(f"the {self.name} exited with status {code} during start-up:\n{self.log_tail()}")
+                try:
+                    response = http.get(path)
+                    body: dict[str, Any] = response.json()
+                    if response.status_code == 200 and ready(body):
+                        return body
+                    last = f"status {response.status_code}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    last = type(exc).__name__
+                time.sleep(0.25)
+        raise DemoError(f"the {self.name} did not become healthy within {timeout_s:.0f} s ({last}):\n{self.log_tail()}")
+
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, wait up to ``grace_s`` for a clean shutdown, then SIGKILL (idempotent)."""
         process, self._process = self._process, None
@@ -97,23 +119,7 @@ class HubProcess(ChildProcess):
 
     def wait_healthy(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Poll ``GET /api/health`` until it answers 200; fail early if the process exits."""
-        deadline = time.monotonic() + timeout_s
-        last_error = "no answer yet"
-        with httpx.Client(base_url=self.url, timeout=2.0) as http:
-            while time.monotonic() < deadline:
-                code = self.exit_code()
-                if code is not None:
-                    raise DemoError(f"the hub exited with status {code} during start-up:\n{self.log_tail()}")
-                try:
-                    response = http.get("/api/health")
-                    if response.status_code == 200:
-                        body: dict[str, Any] = response.json()
-                        return body
-                    last_error = f"status {response.status_code}"
-                except httpx.HTTPError as exc:
-                    last_error = type(exc).__name__
-                time.sleep(0.25)
-        raise DemoError(f"the hub did not become healthy within {timeout_s:.0f} s ({last_error}):\n{self.log_tail()}")
+        return self.wait_for_health(self.url, "/api/health", timeout_s)
 
 
 class TrustAgentProcess(ChildProcess):
@@ -125,6 +131,37 @@ class TrustAgentProcess(ChildProcess):
         super().__init__(
             args=["trust", "serve", "--kit", str(kit), "--state-dir", str(state_dir)], env=env, log_path=log_path
         )
+
+
+class DataAccessProcess(ChildProcess):
+    """``flip trust data-access serve``: one hospital's data-access-api on a loopback port."""
+
+    name = "data-access-api"
+
+    def __init__(
+        self, *, kit: Path, omop_url: str, state_dir: Path, port: int, env: Mapping[str, str], log_path: Path
+    ) -> None:
+        env = {**env, "FLIP_DATA_ACCESS_OMOP_URL": omop_url}  # a secret: in the environment, not argv
+        super().__init__(
+            args=[
+                "trust",
+                "data-access",
+                "serve",
+                "--kit",
+                str(kit),
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            log_path=log_path,
+        )
+        self.url = f"http://{LOOPBACK}:{port}"
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Poll ``GET /health`` until the service and its OMOP database answer."""
+        return self.wait_for_health(self.url, "/health", timeout_s, ready=lambda body: body.get("omop") == "healthy")
 
 
 def child_environment(*, database_url: str, state_dir: Path, public_url: str) -> dict[str, str]:

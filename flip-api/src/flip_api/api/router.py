@@ -2,7 +2,17 @@
 
 from fastapi import APIRouter
 
-from flip_api.api.routes import access_requests, audit, auth, health, projects, trust_machine, trusts, users
+from flip_api.api.routes import (
+    access_requests,
+    audit,
+    auth,
+    cohorts,
+    health,
+    projects,
+    trust_machine,
+    trusts,
+    users,
+)
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -12,4 +22,5 @@ api_router.include_router(access_requests.router)
 api_router.include_router(trusts.router)
 api_router.include_router(trust_machine.router)
 api_router.include_router(projects.router)
+api_router.include_router(cohorts.router)
 api_router.include_router(audit.router)

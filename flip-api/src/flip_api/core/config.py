@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
+from flip_core.cohort import DEFAULT_MIN_K, MAX_K
 from flip_core.crypto import decode_key, encode_key, new_key
 from flip_core.settings import FlipSettings, default_state_dir
 
@@ -62,6 +63,9 @@ class HubSettings(FlipSettings):
     worker_interval_s: float = Field(10.0, gt=0, le=3600, validation_alias="FLIP_WORKER_INTERVAL_S")
     expose_docs: bool = Field(True, validation_alias="FLIP_EXPOSE_DOCS")
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias="FLIP_DB_POOL_SIZE")
+    # The disclosure threshold the hub asks trusts for; each trust applies max(its own, this), so the hub
+    # can raise a trust's threshold but never lower it.
+    cohort_min_k: int = Field(DEFAULT_MIN_K, ge=1, le=MAX_K, validation_alias="FLIP_COHORT_MIN_K")
 
     @field_validator("state_dir")
     @classmethod

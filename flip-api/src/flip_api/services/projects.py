@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from flip_api.core.permissions import Perm
+from flip_api.core.state import HubState
 from flip_api.db.models import (
     Project,
     ProjectMember,
@@ -29,7 +30,7 @@ from flip_api.db.models import (
     TrustDecision,
     User,
 )
-from flip_api.services import audit
+from flip_api.services import audit, cohorts
 from flip_api.services.audit import Actor
 from flip_api.services.project_access import (
     can_read,
@@ -166,6 +167,8 @@ async def delete_project(db: AsyncSession, principal: Principal, project_id: uui
         if await can_read(db, principal, project):
             raise Forbidden("only the owner or a hub administrator may delete this project", code="not_project_owner")
         raise project_not_found()
+    # A deleted project's questions need no answers: stop trusts from working on them.
+    await cohorts.cancel_pending(db, project.id, Actor.user(principal.id), "the project was deleted")
     project.deleted_at = _now()
     await db.flush()
     await audit.record(
@@ -223,9 +226,13 @@ async def stage_project(
     new_status = transition(project.status, ProjectEvent.STAGE)
     if len(set(trust_ids)) != len(trust_ids):
         raise Unprocessable("each trust may be chosen only once", code="duplicate_trust_id")
-    # Every precondition (at least one trust, each registered, later: a usable cohort count) lives in
+    # Every precondition (at least one trust, each registered, a usable cohort count at each) lives in
     # the staging registry, so that a refusal lists all problems at once.
     await check_staging(db, project, trust_ids)
+    actor = Actor.user(principal.id)
+    # Trusts left out have nothing more to answer (cancelled before this transaction's first audit entry;
+    # see the lock order in services/cohorts.py).
+    await cohorts.cancel_pending(db, project.id, actor, "the project was staged at other trusts", keep_trusts=trust_ids)
     now = _now()
     db.add_all(
         ProjectTrust(project_id=project.id, trust_id=tid, decision=TrustDecision.PENDING, staged_at=now)
@@ -236,7 +243,7 @@ async def stage_project(
     await db.flush()
     await audit.record(
         db,
-        Actor.user(principal.id),
+        actor,
         "project.staged",
         SUBJECT,
         project.id,
@@ -282,12 +289,12 @@ class DecisionOutcome:
     changed: bool
 
 
-async def on_trust_approved(db: AsyncSession, project: Project, trust: Trust, *, actor: Actor) -> None:
+async def on_trust_approved(db: AsyncSession, hub: HubState, project: Project, trust: Trust, *, actor: Actor) -> None:
     """Called once for every trust approval, the first (which approves the project) and each later joiner.
 
-    This is where a trust's participation begins. It records ``project.trust_joined`` now; the cohort and
-    imaging work extends it to enqueue the trust's ``persist_cohort`` task and, for imaging projects, its
-    ``create_imaging`` task, in the same transaction as the decision.
+    This is where a trust's participation begins, in the same transaction as the decision: it records
+    ``project.trust_joined`` and asks the trust to freeze its cohort (``persist_cohort`` with the query of
+    record).  The imaging work extends it with ``create_imaging`` for imaging projects.
     """
     await audit.record(
         db,
@@ -297,10 +304,12 @@ async def on_trust_approved(db: AsyncSession, project: Project, trust: Trust, *,
         project.id,
         {"trust_id": str(trust.id), "trust_code": trust.code, "has_imaging": project.has_imaging},
     )
+    await cohorts.request_snapshot(db, hub, project, trust, actor=actor)
 
 
 async def decide(
     db: AsyncSession,
+    hub: HubState,
     principal: Principal,
     project_id: uuid.UUID,
     trust_id: uuid.UUID,
@@ -343,5 +352,5 @@ async def decide(
     if approves_project:
         await audit.record(db, actor, "project.approved", SUBJECT, project.id, {"first_trust_id": str(trust_id)})
     if approved:
-        await on_trust_approved(db, project, await get_trust(db, trust_id), actor=actor)
+        await on_trust_approved(db, hub, project, await get_trust(db, trust_id), actor=actor)
     return DecisionOutcome(project, row, changed=True)

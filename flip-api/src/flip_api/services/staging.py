@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.errors import Conflict
 from flip_api.db.models import Project, Trust
+from flip_api.services.cohort_views import CohortState, latest_states
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,47 @@ async def trusts_exist(db: AsyncSession, project: Project, trust_ids: Sequence[u
     ]
 
 
-STAGING_CHECKS: list[StagingCheck] = [at_least_one_trust, trusts_exist]
+# What to tell the researcher about a trust whose answer to the query of record cannot be used.
+_UNUSABLE: dict[CohortState, tuple[str, str]] = {
+    CohortState.QUEUED: ("cohort_pending", "the trust has not answered the latest cohort query yet"),
+    CohortState.RUNNING: ("cohort_pending", "the trust is still running the latest cohort query"),
+    CohortState.SUPPRESSED: (
+        "cohort_suppressed",
+        "the cohort count is under the trust's disclosure threshold; broaden the query",
+    ),
+    CohortState.ERROR: ("cohort_error", "the trust could not run the latest cohort query"),
+    CohortState.CANCELLED: ("cohort_cancelled", "the latest cohort query was cancelled at this trust; submit it again"),
+}
+
+
+async def cohort_usable_at_every_trust(
+    db: AsyncSession, project: Project, trust_ids: Sequence[uuid.UUID]
+) -> list[StagingProblem]:
+    """The query of record has a usable count (done: released, not suppressed, no error) at every chosen trust."""
+    query, states = await latest_states(db, project.id)
+    if query is None:
+        return [StagingProblem(None, "no_cohort_query", "save and submit a cohort query first")]
+    # Unregistered trusts are reported by trusts_exist; saying more about them would only repeat it.
+    known = set((await db.scalars(select(Trust.id).where(Trust.id.in_(trust_ids)))).all()) if trust_ids else set()
+    problems = []
+    for tid in trust_ids:
+        if tid not in known:
+            continue
+        if tid not in states:
+            problems.append(
+                StagingProblem(tid, "cohort_not_submitted", f"version {query.version} was never sent to this trust")
+            )
+            continue
+        state, error_code = states[tid]
+        if state in _UNUSABLE:
+            code, detail = _UNUSABLE[state]
+            if error_code and state is CohortState.ERROR:
+                detail = f"{detail}: {error_code}"
+            problems.append(StagingProblem(tid, code, detail))
+    return problems
+
+
+STAGING_CHECKS: list[StagingCheck] = [at_least_one_trust, trusts_exist, cohort_usable_at_every_trust]
 
 
 async def check_staging(db: AsyncSession, project: Project, trust_ids: Sequence[uuid.UUID]) -> None:

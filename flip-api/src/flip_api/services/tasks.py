@@ -6,6 +6,10 @@ agent for a bounded time with a random token; the result must carry that token. 
 returns the task to the queue (the next lease counts another attempt); after ``max_attempts`` the
 task FAILS with a visible reason.  A task may depend on another: it is handed out only once that one
 COMPLETED, and is cancelled if that one fails or is cancelled.
+
+Task types whose outcome the hub must act on register a :class:`ResultHook` in ``RESULT_HOOKS``: it
+validates a completed result before it is stored and is told, in the same transaction, whenever a task
+of that type ends (completed, failed by the trust, out of leases, or cancelled).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import and_, exists, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -26,7 +31,7 @@ from sqlalchemy.orm import aliased
 from flip_api.core.errors import Conflict, NotFound, Unprocessable
 from flip_api.core.state import HubState
 from flip_api.db.models import Trust, TrustTask
-from flip_api.services import audit
+from flip_api.services import audit, cohort_results
 from flip_api.services.audit import Actor
 from flip_api.services.task_notifier import CHANNEL
 from flip_api.services.trusts import payload_keyring
@@ -45,10 +50,47 @@ log = logging.getLogger(__name__)
 
 SUBJECT = "trust_task"
 DEFAULT_MAX_ATTEMPTS = 3
+INVALID_RESULT = "invalid_result"
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ResultHook:
+    """What the hub does with the outcome of one task type, inside the transaction that records it.
+
+    ``accept(db, task, result)`` checks a completed task's result before it is stored and returns what to
+    store; it raises pydantic's ``ValidationError`` or a ``ValueError`` whose message is safe to keep, and
+    the task then FAILS with ``invalid_result`` and none of the result is stored.
+    ``finished(db, task, actor)`` runs once the task reached a terminal status, from every path that
+    ends a task; ``actor`` is who ended it.
+    """
+
+    accept: Callable[[AsyncSession, TrustTask, dict[str, Any]], Awaitable[dict[str, Any]]]
+    finished: Callable[[AsyncSession, TrustTask, Actor], Awaitable[None]]
+
+
+RESULT_HOOKS: dict[str, ResultHook] = {
+    TaskType.COHORT_QUERY: ResultHook(cohort_results.accept_statistics, cohort_results.record_query_outcome),
+    TaskType.PERSIST_COHORT: ResultHook(cohort_results.accept_snapshot, cohort_results.record_snapshot_outcome),
+}
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Where a result broke its model, without echoing any of its values (they may be ungated numbers)."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = [str(p) for p in err["loc"]]
+        if err["type"] == "extra_forbidden":
+            # The offending key is the trust's text: say only that a field was not expected.
+            loc, msg = loc[:-1], "unexpected field"
+        else:
+            msg = err["msg"]
+        parts.append(f"{'.'.join(loc) or 'result'}: {msg}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "; ".join(parts) + more
 
 
 async def enqueue_task(
@@ -216,7 +258,7 @@ async def post_result(db: AsyncSession, trust_id: uuid.UUID, task_id: uuid.UUID,
         size = len(json.dumps(body.result or {}))
         if size > MAX_RESULT_BYTES:
             raise Unprocessable(f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}", code="result_too_large")
-        await _finish(db, task, TaskStatus.COMPLETED, result=body.result or {}, actor=Actor.trust(trust_id))
+        await _complete(db, task, body.result or {}, actor=Actor.trust(trust_id))
     else:
         error = body.error.model_dump() if body.error else {"code": "unspecified", "detail": ""}
         if body.error is not None and body.error.retryable and task.attempt < task.max_attempts:
@@ -232,6 +274,24 @@ async def post_result(db: AsyncSession, trust_id: uuid.UUID, task_id: uuid.UUID,
     task.result_token = body.lease_token
     await db.flush()
     return PostedResult(task, duplicate=False)
+
+
+async def _complete(db: AsyncSession, task: TrustTask, result: dict[str, Any], *, actor: Actor) -> None:
+    """COMPLETED with the result, if the task type's hook accepts it; otherwise FAILED and nothing kept."""
+    hook = RESULT_HOOKS.get(task.type)
+    if hook is not None:
+        try:
+            result = await hook.accept(db, task, result)
+        except ValidationError as exc:
+            error = {"code": INVALID_RESULT, "detail": _validation_summary(exc)[:2000]}
+            await _finish(db, task, TaskStatus.FAILED, error=error, actor=actor)
+            return
+        except ValueError as exc:
+            await _finish(
+                db, task, TaskStatus.FAILED, error={"code": INVALID_RESULT, "detail": str(exc)[:2000]}, actor=actor
+            )
+            return
+    await _finish(db, task, TaskStatus.COMPLETED, result=result, actor=actor)
 
 
 async def _finish(
@@ -258,6 +318,9 @@ async def _finish(
     if error:
         details["error"] = error
     await audit.record(db, actor, action, SUBJECT, task.id, details)
+    hook = RESULT_HOOKS.get(task.type)
+    if hook is not None:
+        await hook.finished(db, task, actor)
     if status is not TaskStatus.COMPLETED:
         await _cancel_dependents(db, task)
 
@@ -346,7 +409,9 @@ async def count_by_status(db: AsyncSession, trust_id: uuid.UUID) -> dict[str, in
 
 
 __all__ = [
+    "RESULT_HOOKS",
     "PostedResult",
+    "ResultHook",
     "cancel_task",
     "count_by_status",
     "enqueue_task",

@@ -7,25 +7,19 @@ import uuid
 from typing import Any
 
 import httpx
+from hub_testing import RegisteredTrust, ready_cohort, register_test_trust
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.permissions import RoleName
 from flip_api.core.state import HubState
-from flip_api.db.models import AuditEntry, ProjectTrust, Trust, TrustDecision
-from flip_api.db.session import transaction
-from flip_api.services.audit import Actor
-from flip_api.services.trusts import register_trust
+from flip_api.db.models import AuditEntry, ProjectTrust, TrustDecision
 
 R = RoleName.RESEARCHER
 
 
-async def _trust(hub: HubState, code: str) -> Trust:
-    async with transaction(hub.sessions) as s:
-        issued = await register_trust(
-            s, Actor.system("test"), data_key=hub.data_key, hub_url="http://hub.test", name=f"Trust {code}", code=code
-        )
-    return issued.trust
+async def _trust(hub: HubState, code: str) -> RegisteredTrust:
+    return await register_test_trust(hub, code)
 
 
 async def _project(client: httpx.AsyncClient, headers: dict[str, str], **fields: Any) -> str:
@@ -36,14 +30,16 @@ async def _project(client: httpx.AsyncClient, headers: dict[str, str], **fields:
     return project_id
 
 
-async def _stage(client: httpx.AsyncClient, headers: dict[str, str], project_id: str, *trusts: Trust) -> httpx.Response:
+async def _stage(
+    client: httpx.AsyncClient, headers: dict[str, str], project_id: str, *trusts: RegisteredTrust
+) -> httpx.Response:
     return await client.post(
         f"/api/projects/{project_id}/stage", json={"trust_ids": [str(t.id) for t in trusts]}, headers=headers
     )
 
 
 async def _decide(
-    client: httpx.AsyncClient, headers: dict[str, str], project_id: str, trust: Trust, decision: str
+    client: httpx.AsyncClient, headers: dict[str, str], project_id: str, trust: RegisteredTrust, decision: str
 ) -> httpx.Response:
     return await client.post(
         f"/api/projects/{project_id}/trusts/{trust.id}/decision", json={"decision": decision}, headers=headers
@@ -51,9 +47,14 @@ async def _decide(
 
 
 async def _actions(db: AsyncSession, project_id: str) -> list[str]:
+    """The project's lifecycle entries (its cohort entries are checked by the cohort tests)."""
     rows = await db.scalars(
         select(AuditEntry.action)
-        .where(AuditEntry.subject_type == "project", AuditEntry.subject_id == project_id)
+        .where(
+            AuditEntry.subject_type == "project",
+            AuditEntry.subject_id == project_id,
+            AuditEntry.action.like("project.%"),
+        )
         .order_by(AuditEntry.seq)
     )
     return list(rows.all())
@@ -78,6 +79,7 @@ async def test_stage_creates_pending_decisions(
     await make_user(trust_admin_of=[managed])
     project_id = await _project(client, owner.headers)
 
+    await ready_cohort(client, owner.headers, project_id, managed, unmanaged)
     response = await _stage(client, owner.headers, project_id, managed, unmanaged)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -135,6 +137,7 @@ async def test_stage_permissions_and_state(client: httpx.AsyncClient, make_user:
     admin = await make_user(RoleName.ADMIN)
     trust = await _trust(hub, "SP1")
     project_id = await _project(client, owner.headers, member_ids=[str(member.id)])
+    await ready_cohort(client, owner.headers, project_id, trust)
 
     refused = await _stage(client, member.headers, project_id, trust)
     assert refused.status_code == 403
@@ -157,6 +160,7 @@ async def test_unstage_returns_to_unstaged_and_drops_decisions(
     a = await _trust(hub, "UN1")
     b = await _trust(hub, "UN2")
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, a, b)
     await _stage(client, owner.headers, project_id, a, b)
     assert (await _decide(client, admin.headers, project_id, a, "DECLINED")).status_code == 200
 
@@ -193,6 +197,7 @@ async def test_approved_project_cannot_be_unstaged(client: httpx.AsyncClient, ma
     admin = await make_user(RoleName.ADMIN)
     trust = await _trust(hub, "AP1")
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, trust)
     await _stage(client, owner.headers, project_id, trust)
     assert (await _decide(client, admin.headers, project_id, trust, "APPROVED")).status_code == 200
     response = await client.post(f"/api/projects/{project_id}/unstage", headers=admin.headers)
@@ -215,6 +220,7 @@ async def test_first_approval_approves_and_later_trusts_join(
     site_admin = await make_user(trust_admin_of=[site])
     decliner_admin = await make_user(trust_admin_of=[decliner])
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, site, hub_decided, decliner)
     await _stage(client, owner.headers, project_id, site, hub_decided, decliner)
 
     first = await _decide(client, site_admin.headers, project_id, site, "APPROVED")
@@ -267,6 +273,7 @@ async def test_all_declined_stays_staged(
     a = await _trust(hub, "DC1")
     b = await _trust(hub, "DC2")
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, a, b)
     await _stage(client, owner.headers, project_id, a, b)
     for trust in (a, b):
         response = await _decide(client, admin.headers, project_id, trust, "DECLINED")
@@ -286,6 +293,7 @@ async def test_concurrent_approvals_approve_once(
     admin = await make_user(RoleName.ADMIN)
     trusts = [await _trust(hub, f"CC{i}") for i in range(4)]
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, *trusts)
     await _stage(client, owner.headers, project_id, *trusts)
     responses = await asyncio.gather(*(_decide(client, admin.headers, project_id, t, "APPROVED") for t in trusts))
     assert [r.status_code for r in responses] == [200] * 4
@@ -306,6 +314,7 @@ async def test_decision_is_final_and_repeat_is_idempotent(
     trust = await _trust(hub, "FN1")
     trust_admin = await make_user(trust_admin_of=[trust])
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, trust)
     await _stage(client, owner.headers, project_id, trust)
 
     first = await _decide(client, trust_admin.headers, project_id, trust, "APPROVED")
@@ -332,6 +341,7 @@ async def test_decision_body_is_validated(client: httpx.AsyncClient, make_user: 
     admin = await make_user(RoleName.ADMIN)
     trust = await _trust(hub, "BV1")
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, trust)
     await _stage(client, owner.headers, project_id, trust)
     for decision in ("PENDING", "approved", "MAYBE"):
         response = await _decide(client, admin.headers, project_id, trust, decision)
@@ -364,6 +374,7 @@ async def test_decision_authority(client: httpx.AsyncClient, make_user: Any, hub
     await make_user(trust_admin_of=[b])
     admin_elsewhere = await make_user(trust_admin_of=[elsewhere])
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, a, b, unmanaged)
     await _stage(client, owner.headers, project_id, a, b, unmanaged)
 
     refusals = [
@@ -415,7 +426,9 @@ async def test_trust_decision_list(client: httpx.AsyncClient, make_user: Any, hu
     gone = await _project(client, owner.headers, name="Gone")
     elsewhere = await _project(client, owner.headers, name="Elsewhere")
     for project_id in (decided, pending_old, pending_new, gone):
+        await ready_cohort(client, owner.headers, project_id, site, unmanaged)
         assert (await _stage(client, owner.headers, project_id, site, unmanaged)).status_code == 200
+    await ready_cohort(client, owner.headers, elsewhere, other)
     await _stage(client, owner.headers, elsewhere, other)
     await _decide(client, site_admin.headers, decided, site, "DECLINED")
     await client.delete(f"/api/projects/{gone}", headers=owner.headers)
@@ -463,6 +476,7 @@ async def test_project_trusts_view_is_read_protected(client: httpx.AsyncClient, 
     trust = await _trust(hub, "PV1")
     trust_admin = await make_user(trust_admin_of=[trust])
     project_id = await _project(client, owner.headers)
+    await ready_cohort(client, owner.headers, project_id, trust)
     await _stage(client, owner.headers, project_id, trust)
     assert (await client.get(f"/api/projects/{project_id}/trusts", headers=stranger.headers)).status_code == 404
     seen = await client.get(f"/api/projects/{project_id}/trusts", headers=trust_admin.headers)

@@ -179,19 +179,20 @@ async def test_extend_keeps_the_lease(client: httpx.AsyncClient, hub: HubState) 
 
 async def test_dependencies_order_work_and_cancel_on_failure(client: httpx.AsyncClient, hub: HubState) -> None:
     trust, kit = await _trust(hub)
-    freeze = await _enqueue(hub, trust, task_type=TaskType.PERSIST_COHORT)
-    imaging = await _enqueue(hub, trust, task_type=TaskType.CREATE_IMAGING, depends_on=freeze)
+    # The parent is a ping: its result needs no contract model (cohort results are tested in test_cohorts).
+    parent = await _enqueue(hub, trust, task_type=TaskType.PING)
+    imaging = await _enqueue(hub, trust, task_type=TaskType.CREATE_IMAGING, depends_on=parent)
     leased = (await _lease(client, kit, max_tasks=10))["tasks"]
-    assert [t["id"] for t in leased] == [str(freeze)]
+    assert [t["id"] for t in leased] == [str(parent)]
     done = {"lease_token": leased[0]["lease_token"], "outcome": "completed", "result": {"rows": 12}}
-    await client.post(f"/api/trust/tasks/{freeze}/result", headers=_headers(kit), json=done)
+    await client.post(f"/api/trust/tasks/{parent}/result", headers=_headers(kit), json=done)
     assert [t["id"] for t in (await _lease(client, kit))["tasks"]] == [str(imaging)]
 
-    freeze2 = await _enqueue(hub, trust, task_type=TaskType.PERSIST_COHORT)
-    imaging2 = await _enqueue(hub, trust, task_type=TaskType.CREATE_IMAGING, depends_on=freeze2)
+    parent2 = await _enqueue(hub, trust, task_type=TaskType.PING)
+    imaging2 = await _enqueue(hub, trust, task_type=TaskType.CREATE_IMAGING, depends_on=parent2)
     t = (await _lease(client, kit))["tasks"][0]
     failed = {"lease_token": t["lease_token"], "outcome": "failed", "error": {"code": "query_failed"}}
-    await client.post(f"/api/trust/tasks/{freeze2}/result", headers=_headers(kit), json=failed)
+    await client.post(f"/api/trust/tasks/{parent2}/result", headers=_headers(kit), json=failed)
     async with hub.sessions() as s:
         child = await s.get(TrustTask, imaging2)
         assert child is not None

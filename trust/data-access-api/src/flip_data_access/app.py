@@ -106,6 +106,7 @@ def create_app(service: CohortService, internal_key: str) -> FastAPI:
             await service.db.close()
 
     app = FastAPI(title="FLIP data-access-api", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+
     async def internal_caller(key: PresentedKey) -> None:
         if not key or not secrets.compare_digest(key.encode(), internal_key.encode()):
             raise CohortError(CohortErrorCode.INTERNAL_ERROR, "internal key missing or wrong", status=401)

@@ -108,6 +108,7 @@ class CohortService:
             query_id=meta.query_id,
             persons=self.gate.release(persons, k),
             rows=self.gate.release(rows, k),
+            k=k,
             columns=meta.columns,
             sha256=meta.parquet_sha256,
             created_at=meta.created_at,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from flip_api.api.deps import CurrentUser, PageDep, SessionDep
+from flip_api.api.deps import CurrentUser, HubDep, PageDep, SessionDep
 from flip_api.db.models import Project, ProjectStatus, TrustDecision
 from flip_api.schemas.common import Page
 from flip_api.schemas.projects import (
@@ -132,10 +132,13 @@ async def list_project_trusts(project_id: uuid.UUID, user: CurrentUser, db: Sess
 
 @router.post("/projects/{project_id}/trusts/{trust_id}/decision", response_model=DecisionOut)
 async def decide(
-    project_id: uuid.UUID, trust_id: uuid.UUID, body: DecisionIn, user: CurrentUser, db: SessionDep
+    project_id: uuid.UUID, trust_id: uuid.UUID, body: DecisionIn, user: CurrentUser, hub: HubDep, db: SessionDep
 ) -> DecisionOut:
-    """Approve or decline for one trust: its Trust Admins decide, or the hub when it has none. Final."""
-    outcome = await projects.decide(db, user, project_id, trust_id, TrustDecision(body.decision))
+    """Approve or decline for one trust: its Trust Admins decide, or the hub when it has none. Final.
+
+    An approval also asks the trust to freeze its cohort (a ``persist_cohort`` task).
+    """
+    outcome = await projects.decide(db, hub, user, project_id, trust_id, TrustDecision(body.decision))
     await db.commit()
     return DecisionOut.of(outcome)
 

@@ -2,6 +2,7 @@
 
 from flip_api.db.models.audit import AuditEntry
 from flip_api.db.models.base import Base
+from flip_api.db.models.cohorts import CohortQuery, CohortResult, CohortResultState, CohortSnapshot
 from flip_api.db.models.identity import (
     AccessRequest,
     AccessRequestStatus,
@@ -31,6 +32,10 @@ __all__ = [
     "AuditEntry",
     "AuthSession",
     "Base",
+    "CohortQuery",
+    "CohortResult",
+    "CohortResultState",
+    "CohortSnapshot",
     "DecidedAs",
     "Permission",
     "PermissionScope",
