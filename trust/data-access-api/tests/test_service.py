@@ -14,7 +14,7 @@ from flip_core.cohort import OTHER_BUCKET, CohortErrorCode, CohortQueryPayload, 
 from flip_data_access.gate import BELOW_THRESHOLD_MESSAGE
 from flip_data_access.omop import CohortError
 from flip_data_access.service import CohortService
-from flip_data_access.snapshot import META, PARQUET
+from flip_data_access.snapshot import META, PARQUET, SnapshotStore
 
 DIABETES = """
 SELECT p.person_id, p.year_of_birth, c.condition_start_date
@@ -209,3 +209,37 @@ async def test_accession_ids_come_from_the_snapshot_only(exact: CohortService) -
     with pytest.raises(CohortError) as info:
         exact.accession_ids(no_column)
     assert info.value.code is CohortErrorCode.UNKNOWN_COLUMN
+
+
+async def test_a_freeze_that_fails_midway_leaves_nothing_behind(omop_dsn: str, tmp_path: Path) -> None:
+    """A snapshot over the size limit fails after rows were written: no snapshot, no temporary folder."""
+    service = make_service(omop_dsn, tmp_path)
+    service.snapshots.max_bytes = 1024  # smaller than the first written batch
+    await service.db.open()
+    try:
+        project = new_id()
+        with pytest.raises(CohortError) as info:
+            await service.freeze(_freeze("SELECT p.person_id, p.year_of_birth FROM person p, person q", project))
+        assert info.value.code is CohortErrorCode.SNAPSHOT_TOO_LARGE
+        assert list(service.snapshots.root.iterdir()) == []  # neither a snapshot nor a .tmp folder
+        with pytest.raises(CohortError) as refused:
+            service.dataframe(project, None)
+        assert refused.value.code is CohortErrorCode.NOT_APPROVED
+    finally:
+        await service.db.close()
+
+
+async def test_what_a_killed_freeze_left_is_never_served_and_is_cleaned_at_start(
+    exact: CohortService, tmp_path: Path
+) -> None:
+    project = new_id()
+    crashed = exact.snapshots.root / f".tmp-{project}-deadbeef"
+    crashed.mkdir()
+    (crashed / PARQUET).write_bytes(b"PAR1 half a file")
+    assert exact.snapshots.meta(project) is None
+    with pytest.raises(CohortError):
+        exact.dataframe(project, None)
+    SnapshotStore(exact.snapshots.root, max_bytes=10**6)  # a restarted service
+    assert not crashed.exists()
+    info = await exact.freeze(_freeze(DIABETES, project))  # and freezing works afterwards
+    assert info.persons == _released(60)

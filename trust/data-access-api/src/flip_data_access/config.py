@@ -34,6 +34,7 @@ class DataAccessSettings(FlipSettings):
         2 * 1024**3, ge=1024, le=1024**4, validation_alias="FLIP_DATA_ACCESS_SNAPSHOT_MAX_BYTES"
     )
     pool_size: int = Field(4, ge=1, le=64, validation_alias="FLIP_DATA_ACCESS_POOL_SIZE")
+    work_mem_mb: int = Field(64, ge=1, le=4096, validation_alias="FLIP_DATA_ACCESS_WORK_MEM_MB")
     host: str = Field("127.0.0.1", min_length=1, validation_alias="FLIP_DATA_ACCESS_HOST")
     port: int = Field(0, ge=0, le=65535, validation_alias="FLIP_DATA_ACCESS_PORT")
     log_level: str = Field("INFO", validation_alias="FLIP_LOG_LEVEL")

@@ -66,7 +66,13 @@ class OmopDatabase:
     """A small pool of read-only connections to the trust's OMOP database."""
 
     def __init__(
-        self, conninfo: str, *, pool_size: int, statement_timeout_s: float, connect_timeout_s: float = 10
+        self,
+        conninfo: str,
+        *,
+        pool_size: int,
+        statement_timeout_s: float,
+        connect_timeout_s: float = 10,
+        work_mem_mb: int = 64,
     ) -> None:
         self._pool = AsyncConnectionPool(
             conninfo,
@@ -78,6 +84,7 @@ class OmopDatabase:
         )
         self._timeout_ms = int(statement_timeout_s * 1000)
         self._connect_timeout_s = connect_timeout_s
+        self._work_mem_kb = work_mem_mb * 1024
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
@@ -92,6 +99,9 @@ class OmopDatabase:
             async with self._pool.connection(timeout=self._connect_timeout_s) as conn, conn.transaction():
                 await conn.execute("SET TRANSACTION READ ONLY")
                 await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(self._timeout_ms)))
+                # Cohort statistics group and hash a whole cohort at once: give them room so that they do
+                # not spill to disk (PostgreSQL's default is 4 MB per operation).
+                await conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(f"{self._work_mem_kb}kB")))
                 yield conn
         except Exception as exc:
             raise categorise(exc) from exc

@@ -29,7 +29,10 @@ def build_service(settings: DataAccessSettings) -> tuple[CohortService, str]:
     state = settings.resolve_state_dir(kit)
     service = CohortService(
         db=OmopDatabase(
-            settings.omop_conninfo(), pool_size=settings.pool_size, statement_timeout_s=settings.statement_timeout_s
+            settings.omop_conninfo(),
+            pool_size=settings.pool_size,
+            statement_timeout_s=settings.statement_timeout_s,
+            work_mem_mb=settings.work_mem_mb,
         ),
         gate=DisclosureGate(settings.min_k, settings.noise),
         snapshots=SnapshotStore(state / "snapshots", max_bytes=settings.snapshot_max_bytes),

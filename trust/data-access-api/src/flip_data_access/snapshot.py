@@ -98,6 +98,9 @@ class SnapshotStore:
         self.root = root
         self.max_bytes = max_bytes
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Half-written snapshots of a process that died mid-freeze: never visible, removed at start.
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def folder(self, project_id: uuid.UUID) -> Path:
         return self.root / str(project_id)
