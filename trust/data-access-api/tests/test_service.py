@@ -7,9 +7,11 @@ import json
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from data_access_testing import make_service, new_id
 
+import flip_omop
 from flip_core.cohort import OTHER_BUCKET, CohortErrorCode, CohortQueryPayload, GatedCount, PersistCohortPayload
 from flip_data_access.gate import BELOW_THRESHOLD_MESSAGE
 from flip_data_access.omop import CohortError
@@ -243,3 +245,26 @@ async def test_what_a_killed_freeze_left_is_never_served_and_is_cleaned_at_start
     assert not crashed.exists()
     info = await exact.freeze(_freeze(DIABETES, project))  # and freezing works afterwards
     assert info.persons == _released(60)
+
+
+async def test_the_per_person_summary_gives_the_same_statistics_as_the_cdm_joins(
+    exact: CohortService, owner_dsn: str
+) -> None:
+    """With ``omop.flip_person_summary`` populated the statistics take the narrow path, same numbers."""
+    imaged = "SELECT person_id, accession_id FROM image_occurrence"
+    live = [await exact.statistics(_ask(sql)) for sql in (DIABETES, imaged)]
+    ddl = flip_omop.ddl()
+    summary_ddl = ddl[ddl.index("CREATE MATERIALIZED VIEW") :]  # the view and its index, as trusts get them
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        conn.execute(summary_ddl)
+        conn.execute("GRANT SELECT ON omop.flip_person_summary TO omop_reader_test")
+    try:
+        flip_omop.refresh_person_summary(owner_dsn)
+        summarised = [await exact.statistics(_ask(sql)) for sql in (DIABETES, imaged)]
+    finally:
+        with psycopg.connect(owner_dsn, autocommit=True) as conn:
+            conn.execute("DROP MATERIALIZED VIEW omop.flip_person_summary")
+    for a, b in zip(live, summarised, strict=True):
+        assert a.record_count == b.record_count
+        assert a.columns == b.columns
+        assert a.distributions == b.distributions

@@ -21,7 +21,7 @@ from flip_core.cohort_sql import CohortSqlError, ValidatedQuery, validate_cohort
 from flip_data_access.gate import KEY_SPACE, BelowThreshold, Cell, DisclosureGate
 from flip_data_access.omop import CohortError, OmopDatabase, output_columns
 from flip_data_access.snapshot import SnapshotMeta, SnapshotStore
-from flip_data_access.statistics import parse_cells, statistics_sql
+from flip_data_access.statistics import SUMMARY_READY, parse_cells, statistics_sql
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ class CohortService:
         k = self.gate.effective_k(request.min_k)
         async with self.db.read_only() as conn:
             columns = await output_columns(conn, query.sql)
-            cur = await conn.execute(statistics_sql(query.sql, columns, self.seed))
+            ready = await (await conn.execute(SUMMARY_READY)).fetchone()
+            summary = bool(ready and ready[0])
+            cur = await conn.execute(statistics_sql(query.sql, columns, self.seed, summary=summary))
             row = await cur.fetchone()
         assert row is not None  # an aggregate query always returns its one row
         cells = parse_cells(row, columns)

@@ -62,16 +62,53 @@ def record_key(column: sql.Composable, seed: int) -> sql.Composed:
     )
 
 
-def statistics_sql(cohort_sql: str, columns: Sequence[str], seed: int) -> sql.Composed:
+# Demographics and imaging modalities of the cohort's persons, from the per-person summary that
+# ``flip trust omop refresh`` maintains: one narrow join.
+_PEOPLE_FROM_SUMMARY = """demo AS (
+    SELECT p.rk, s.gender_concept_id AS gender, s.modalities AS combo,
+           CASE WHEN s.year_of_birth IS NULL THEN NULL
+                ELSE LEAST(9, GREATEST(0, (EXTRACT(YEAR FROM current_date)::int - s.year_of_birth) / 10))
+           END AS band
+    FROM persons p LEFT JOIN omop.flip_person_summary s ON s.person_id = p.person_id
+)"""
+
+# The same from the CDM tables themselves, for an OMOP database without the summary (two joins).
+_PEOPLE_FROM_CDM = """mods AS (
+    SELECT io.person_id, array_agg(DISTINCT io.modality_source_value ORDER BY io.modality_source_value) AS combo
+    FROM persons p JOIN omop.image_occurrence io ON io.person_id = p.person_id
+    WHERE io.modality_source_value IS NOT NULL
+    GROUP BY io.person_id
+),
+demo AS (
+    SELECT p.rk, per.gender_concept_id AS gender, m.combo,
+           CASE WHEN per.year_of_birth IS NULL THEN NULL
+                ELSE LEAST(9, GREATEST(0, (EXTRACT(YEAR FROM current_date)::int - per.year_of_birth) / 10))
+           END AS band
+    FROM persons p
+    LEFT JOIN omop.person per ON per.person_id = p.person_id
+    LEFT JOIN mods m ON m.person_id = p.person_id
+)"""
+
+SUMMARY_READY = """
+SELECT coalesce((SELECT relispopulated FROM pg_class WHERE oid = to_regclass('omop.flip_person_summary')), false)
+"""
+"""Whether the per-person summary exists and has been populated (else the CDM joins are used)."""
+
+
+def statistics_sql(cohort_sql: str, columns: Sequence[str], seed: int, *, summary: bool = False) -> sql.Composed:
     """One statement returning every cell of the cohort as JSON (see the module docstring)."""
     person = sql.Identifier(PERSON_COLUMN)
     flags = []
     for i, name in enumerate(columns):
         col = sql.Identifier(name)
+        if name == PERSON_COLUMN:
+            continue  # never null among persons: its cells are the total and nobody
         flags.append(sql.SQL("bool_or({} IS NOT NULL) AS {}").format(col, sql.Identifier(f"nn_{i}")))
         flags.append(sql.SQL("bool_or({} IS NULL) AS {}").format(col, sql.Identifier(f"nl_{i}")))
-    column_cells = []
+    column_cells: list[sql.Composable] = [sql.SQL("'total', json_build_array(count(*), coalesce(sum(rk), 0))")]
     for i, name in enumerate(columns):
+        if name == PERSON_COLUMN:
+            continue
         for kind in ("nn", "nl"):
             flag = sql.Identifier(f"{kind}_{i}")
             column_cells.append(
@@ -81,42 +118,30 @@ def statistics_sql(cohort_sql: str, columns: Sequence[str], seed: int) -> sql.Co
             )
     return sql.SQL(
         """
-WITH cohort AS MATERIALIZED ({cohort}),
+WITH cohort AS NOT MATERIALIZED ({cohort}),
 persons AS MATERIALIZED (
     SELECT {person} AS person_id, {rk} AS rk{flags}
     FROM cohort
     WHERE {person} IS NOT NULL
     GROUP BY {person}
 ),
-demo AS (
-    SELECT p.rk, per.gender_concept_id AS gender,
-           CASE WHEN per.year_of_birth IS NULL THEN NULL
-                ELSE LEAST(9, GREATEST(0, (EXTRACT(YEAR FROM current_date)::int - per.year_of_birth) / 10))
-           END AS band
-    FROM persons p LEFT JOIN omop.person per ON per.person_id = p.person_id
-),
-mods AS (
-    SELECT p.rk, array_agg(DISTINCT io.modality_source_value ORDER BY io.modality_source_value) AS combo
-    FROM persons p JOIN omop.image_occurrence io ON io.person_id = p.person_id
-    WHERE io.modality_source_value IS NOT NULL
-    GROUP BY p.person_id, p.rk
-)
+{people}
 SELECT
-    (SELECT json_build_array(count(*), coalesce(sum(rk), 0)) FROM persons) AS total,
-    (SELECT json_build_object({column_cells}) FROM persons) AS columns,
-    (SELECT coalesce(json_agg(json_build_array(gender, n, k)), '[]') FROM
-        (SELECT gender, count(*) AS n, sum(rk) AS k FROM demo GROUP BY gender) s) AS sex,
-    (SELECT coalesce(json_agg(json_build_array(band, n, k)), '[]') FROM
-        (SELECT band, count(*) AS n, sum(rk) AS k FROM demo GROUP BY band) a) AS age,
-    (SELECT coalesce(json_agg(json_build_array(combo, n, k)), '[]') FROM
-        (SELECT combo, count(*) AS n, sum(rk) AS k FROM mods GROUP BY combo) m) AS modalities
+    (SELECT json_build_object({column_cells})
+     FROM persons) AS cells,
+    (SELECT coalesce(json_agg(json_build_array(by_sex, by_band, gender, band, combo, n, k)), '[]') FROM (
+        SELECT GROUPING(gender) = 0 AS by_sex, GROUPING(band) = 0 AS by_band, gender, band, combo,
+               count(*) AS n, sum(rk) AS k
+        FROM demo GROUP BY GROUPING SETS ((gender), (band), (combo))
+    ) g) AS groups
 """
     ).format(
         cohort=sql.SQL(cohort_sql),  # the validator's re-emitted SQL, never the caller's text
         person=person,
         rk=record_key(person, seed),
         flags=sql.SQL("").join(sql.SQL(", ") + f for f in flags),
-        column_cells=sql.SQL(", ").join(column_cells) if column_cells else sql.SQL("'none', NULL"),
+        column_cells=sql.SQL(", ").join(column_cells),
+        people=sql.SQL(_PEOPLE_FROM_SUMMARY if summary else _PEOPLE_FROM_CDM),
     )
 
 
@@ -132,23 +157,27 @@ def _age_label(band: int | None) -> str:
 
 def parse_cells(row: Sequence[Any], columns: Sequence[str]) -> CohortCells:
     """Turn the statistics query's single row into :class:`CohortCells`."""
-    total_json, columns_json, sex_json, age_json, mods_json = row
-    non_null: dict[str, Cell] = {}
-    null: dict[str, Cell] = {}
-    for name in columns:
-        non_null[name] = _cell(*columns_json[f"nn:{name}"])
-        null[name] = _cell(*columns_json[f"nl:{name}"])
+    cells_json, groups_json = row
+    total = _cell(*cells_json["total"])
+    non_null = {name: total if name == PERSON_COLUMN else _cell(*cells_json[f"nn:{name}"]) for name in columns}
+    null = {name: Cell(0, 0) if name == PERSON_COLUMN else _cell(*cells_json[f"nl:{name}"]) for name in columns}
     sex: dict[str, Cell] = {}
-    for gender, n, key in sex_json:
-        label = SEX_LABELS.get(gender, UNKNOWN) if gender is not None else UNKNOWN
-        sex[label] = Cell.union([sex[label], _cell(n, key)]) if label in sex else _cell(n, key)
-    age = sorted(((_age_label(band), _cell(n, key)) for band, n, key in age_json), key=lambda item: item[0])
-    combos = [(frozenset(combo), _cell(n, key)) for combo, n, key in mods_json]
+    age: list[tuple[str, Cell]] = []
+    combos: list[tuple[frozenset[str], Cell]] = []
+    for by_sex, by_band, gender, band, combo, n, key in groups_json:
+        cell = _cell(n, key)
+        if by_sex:
+            label = SEX_LABELS.get(gender, UNKNOWN) if gender is not None else UNKNOWN
+            sex[label] = Cell.union([sex[label], cell]) if label in sex else cell
+        elif by_band:
+            age.append((_age_label(band), cell))
+        elif combo is not None:  # persons without imaging form the NULL group: no modality bucket
+            combos.append((frozenset(combo), cell))
     return CohortCells(
-        total=_cell(*total_json),
+        total=total,
         non_null=non_null,
         null=null,
         sex=sorted(sex.items()),
-        age=age,
+        age=sorted(age, key=lambda item: item[0]),
         modality_combos=combos,
     )

@@ -30,7 +30,7 @@ from flip_omop.columns import Column, GeneratedTable
 from flip_omop.concepts import VALID_END, VALID_START, vocabulary
 from flip_omop.generator import generate_blocks
 from flip_omop.profiles import TrustProfile, get_profile
-from flip_omop.schema import OMOP_SCHEMA, TABLES, create_schema
+from flip_omop.schema import OMOP_SCHEMA, TABLES, create_schema, refresh_person_summary
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ def load_synthetic(
         indexed = time.perf_counter()
         for load in loads.values():
             load.conn.commit()
+    refresh_person_summary(conninfo)
 
     finished = time.perf_counter()
     summary = LoadSummary(

@@ -10,6 +10,7 @@ for instance a privilege granted to PUBLIC that the caller cannot revoke — sti
 from __future__ import annotations
 
 import re
+import time
 from importlib import resources
 
 import psycopg
@@ -55,6 +56,26 @@ def create_schema(conninfo: str) -> None:
     """Create schema ``omop`` with every table and index (idempotent: existing objects are kept)."""
     with psycopg.connect(conninfo) as conn:
         _apply_ddl(conn)
+
+
+PERSON_SUMMARY = "flip_person_summary"
+
+
+def refresh_person_summary(conninfo: str) -> float:
+    """Rebuild ``omop.flip_person_summary`` from the current data; returns the seconds it took.
+
+    Run it after every load of OMOP data (the synthetic loader does): the data-access-api reads
+    demographics and imaging modalities from it, and uses slower live joins while it is unpopulated.
+    """
+    started = time.perf_counter()
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(
+            sql.SQL("REFRESH MATERIALIZED VIEW {}.{}").format(
+                sql.Identifier(OMOP_SCHEMA), sql.Identifier(PERSON_SUMMARY)
+            )
+        )
+        conn.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(OMOP_SCHEMA), sql.Identifier(PERSON_SUMMARY)))
+    return time.perf_counter() - started
 
 
 def _check_role_name(role: str) -> None:

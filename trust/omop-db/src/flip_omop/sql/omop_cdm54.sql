@@ -277,3 +277,19 @@ CREATE INDEX IF NOT EXISTS idx_image_occurrence_anatomic_site_concept_id
 CREATE INDEX IF NOT EXISTS idx_image_feature_person_id ON omop.image_feature (person_id);
 CREATE INDEX IF NOT EXISTS idx_image_feature_image_occurrence_id ON omop.image_feature (image_occurrence_id);
 CREATE INDEX IF NOT EXISTS idx_image_feature_concept_id ON omop.image_feature (image_feature_concept_id);
+
+-- FLIP's per-person summary for cohort statistics: sex, year of birth and imaging modalities in one
+-- narrow row per person, so that the data-access-api reads one small relation instead of joining
+-- person and image_occurrence for every cohort.  Not part of the CDM; rebuilt after each load with
+-- `flip trust omop refresh` (the data-access-api falls back to live joins while it is unpopulated).
+CREATE MATERIALIZED VIEW IF NOT EXISTS omop.flip_person_summary AS
+    SELECT p.person_id, p.gender_concept_id, p.year_of_birth, m.modalities
+    FROM omop.person p
+    LEFT JOIN (
+        SELECT person_id, array_agg(DISTINCT modality_source_value ORDER BY modality_source_value) AS modalities
+        FROM omop.image_occurrence
+        WHERE modality_source_value IS NOT NULL
+        GROUP BY person_id
+    ) m ON m.person_id = p.person_id
+WITH NO DATA;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_flip_person_summary_person_id ON omop.flip_person_summary (person_id);
