@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: help ensure-uv install demo test lint fmt typecheck pytest clean bench-poll bench-cohort
+.PHONY: help ensure-uv system-deps install demo test lint fmt typecheck pytest clean bench-poll bench-cohort
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,7 +19,18 @@ ensure-uv: ## install uv with pip when it is missing (pip itself from Debian pac
 		$(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv || \
 		$(PYTHON) -m pip install --quiet --break-system-packages uv; }
 
-install: ensure-uv ## install the workspace (uv sync from uv.lock)
+system-deps: ## Debian packages for imaging (Orthanc + DICOMweb, dcm2niix): installed when root and missing
+	@missing=""; \
+	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc orthanc-dicomweb"; \
+	command -v dcm2niix >/dev/null 2>&1 || missing="$$missing dcm2niix"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+			&& { command -v systemctl >/dev/null 2>&1 && systemctl disable --now orthanc >/dev/null 2>&1 || true; }; \
+		else echo "note: install$$missing (Debian packages) for the imaging tests and demo" >&2; fi; \
+	fi
+
+install: ensure-uv system-deps ## install the workspace (uv sync from uv.lock) and the Debian packages it needs
 	$(UV) sync --locked
 
 demo: install ## run the whole product on embedded defaults and walk a project to APPROVED
