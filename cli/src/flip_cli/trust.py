@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from flip_cli.data_access import data_access
 from flip_cli.errors import CliError, config_error
+from flip_cli.imaging import imaging
 from flip_cli.omop import omop
 from flip_trust_api.config import AgentSettings
 from flip_trust_api.errors import AgentConfigError, AgentError
@@ -72,3 +73,4 @@ def serve(kit_file: Path | None, state_dir: Path | None, health_port: int | None
 
 trust.add_command(omop)
 trust.add_command(data_access)
+trust.add_command(imaging)

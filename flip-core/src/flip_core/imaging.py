@@ -90,4 +90,3 @@ class ImagingStatus(_Wire):
     complete: bool = Field(description="every study is READY or FAILED")
     deleted: bool = False
     updated_at: datetime
-

@@ -21,6 +21,7 @@ from flip_omop import (
 )
 from flip_omop.columns import GENERATED_TABLES
 from flip_omop.generator import BLOCK_PERSONS, dataset_tag
+from flip_omop.imaging import values as column_values
 
 
 def _digest(profile: TrustProfile, persons: int, seed: int) -> dict[str, str]:
@@ -156,3 +157,12 @@ def test_encoded_rows_follow_the_copy_wire_format() -> None:
     first = b"\x00\x02" + b"\x00\x00\x00\x04" + b"\x00\x00\x00\x01" + b"\x00\x00\x00\x03" + b"bcd"
     second = b"\x00\x02" + b"\x00\x00\x00\x04" + b"\x00\x00\x00\x02" + b"\xff\xff\xff\xff"
     assert rows == first + second
+
+
+@pytest.mark.parametrize("persons", [1, 2, 3])
+def test_tiny_datasets_without_imaging_still_generate(persons: int) -> None:
+    """A dataset can be too small to hold any imaging study; that is no reason to fail."""
+    north = get_profile("north")
+    tables = list(generate_blocks(north, persons, 3))
+    assert sum(len(column_values(block["person"], "person_id")) for block in tables) == persons
+    assert isinstance(list(image_occurrences(north, persons, 3)), list)

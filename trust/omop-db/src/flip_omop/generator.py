@@ -83,6 +83,8 @@ def _vocab(codes: npt.ArrayLike, vocabulary: Sequence[str], name: str) -> Column
 
 
 def _digits(values: IntArray, width: int) -> npt.NDArray[np.bytes_]:
+    if values.size == 0:  # numpy's zfill cannot reduce an empty array (a tiny dataset with no imaging)
+        return np.asarray([], dtype=f"S{width}")
     return np.asarray(np.strings.zfill(values.astype(np.bytes_), width), dtype=np.bytes_)
 
 

@@ -1,0 +1,96 @@
+"""``flip trust imaging generate``: writes the OMOP dataset's studies, prints a summary, documented exit codes."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pydicom
+import pytest
+from click.testing import CliRunner, Result
+
+from flip_cli import imaging as imaging_cli
+from flip_cli.errors import ExitCode
+from flip_cli.imaging import imaging
+from flip_omop import get_profile, image_occurrences
+
+
+def run(*args: str) -> Result:
+    """Invoke the ``imaging`` group in-process (the lead registers it under ``flip trust``)."""
+    return CliRunner().invoke(imaging, list(args))
+
+
+def test_generate_writes_the_omop_studies_and_prints_a_summary(tmp_path: Path) -> None:
+    out = tmp_path / "pacs"
+    result = run("generate", "--persons", "40", "--seed", "1", "--profile", "south", "--out", str(out), "--limit", "3")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    expected = list(image_occurrences(get_profile("south"), 40, 1))[:3]
+    assert sorted(p.name for p in out.iterdir()) == [s.accession_id for s in expected]
+    for study in expected:
+        [series] = [p for p in (out / study.accession_id).iterdir() if p.is_dir()]
+        assert series.name == study.series_instance_uid
+        assert len(list(series.glob("*.dcm"))) == 24
+        assert (out / study.accession_id / "mask.nii.gz").is_file()
+        ds = pydicom.dcmread(series / "1.dcm")
+        assert (ds.AccessionNumber, ds.StudyInstanceUID) == (study.accession_id, study.study_instance_uid)
+    assert "wrote 3 studies for profile south" in result.output
+    assert "files           75 (" in result.output
+    assert f"{expected[0].accession_id} … {expected[-1].accession_id}" in result.output
+
+
+def test_generate_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        result = run("generate", "--persons", "40", "--seed", "2", "--out", str(tmp_path / name), "--limit", "1")
+        assert result.exit_code == ExitCode.OK, result.output
+    a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    b = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    assert a == b
+    assert len(a) == 25
+
+
+def test_limit_zero_writes_nothing(tmp_path: Path) -> None:
+    result = run("generate", "--persons", "40", "--out", str(tmp_path / "out"), "--limit", "0")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "no imaging studies to write" in result.output
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_out_path_blocked_by_a_file_is_a_configuration_error(tmp_path: Path, inside: bool) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = blocker / "sub" if inside else blocker
+
+    result = run("generate", "--persons", "40", "--out", str(out), "--limit", "1")
+
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "is not a folder" in result.output
+
+
+def test_a_write_failure_exits_1_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # A full disk cannot be arranged portably, so the writer is made to fail the way it would.
+    monkeypatch.setattr(imaging_cli, "write_studies", disk_full)
+    result = run("generate", "--persons", "40", "--out", str(tmp_path / "out"))
+
+    assert result.exit_code == ExitCode.FAILURE, result.output
+    assert "No space left on device" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--out", "x"],
+        ["--persons", "0", "--out", "x"],
+        ["--persons", "5", "--profile", "west", "--out", "x"],
+        ["--persons", "5", "--limit", "-1", "--out", "x"],
+        ["--persons", "5"],
+    ],
+)
+def test_bad_options_are_usage_errors(args: list[str]) -> None:
+    result = run("generate", *args)
+
+    assert result.exit_code == ExitCode.USAGE, result.output
