@@ -1,0 +1,95 @@
+"""A project's import end to end on the embedded PACS: synthetic studies in, de-identified studies and
+NIfTI volumes out, bad accessions failing with a reason while the others proceed, and no PHI stored."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flip_core.imaging import StudyFailure, StudyState
+from flip_imaging.deid import Deidentifier
+from flip_imaging.embedded_pacs import EmbeddedPacs
+from flip_imaging.importer import StudyImporter
+from flip_imaging.pacs import PacsClient
+from flip_imaging.store import ImageStore
+from flip_imaging.studies import StudyLedger
+from flip_imaging.synthetic import write_studies
+from flip_imaging.synthetic_phi import phi_values
+from flip_omop import get_profile, image_occurrences
+
+PROFILE, PERSONS, SEED, STUDIES = "north", 200, 5, 4
+PROJECT = uuid.UUID("00000000-0000-4000-8000-00000000beef")
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[tuple[EmbeddedPacs, PacsClient]]:
+    with EmbeddedPacs(tmp_path / "pacs", ae_title="TESTPACS") as server:
+        client = PacsClient(server.host, server.port, "TESTPACS", calling_ae_title="FLIPTRUST")
+        written = write_studies(get_profile(PROFILE), PERSONS, SEED, tmp_path / "synthetic", limit=STUDIES)
+        assert len(written) == STUDIES
+        assert client.store_folder(tmp_path / "synthetic") == sum(s.n_instances for s in written)
+        yield server, client
+
+
+def _importer(tmp_path: Path, client: PacsClient) -> StudyImporter:
+    return StudyImporter(
+        ledger=StudyLedger(tmp_path / "state" / "studies.sqlite3"),
+        store=ImageStore(tmp_path / "state" / "images"),
+        pacs=client,
+        deid=Deidentifier(b"trust-secret-for-tests-0123456789"),
+        parallel=2,
+    )
+
+
+async def test_a_project_imports_with_nifti_and_bad_accessions_fail_alone(
+    pacs: tuple[EmbeddedPacs, PacsClient], tmp_path: Path
+) -> None:
+    _, client = pacs
+    studies = list(itertools.islice(image_occurrences(get_profile(PROFILE), PERSONS, SEED), STUDIES))
+    accessions = [s.accession_id for s in studies]
+    importer = _importer(tmp_path, client)
+    await importer.run(PROJECT, [*accessions, "NOT-IN-PACS", "WILD*", accessions[0]], to_nifti=True)
+
+    counts = importer.ledger.counts(PROJECT)
+    assert counts[StudyState.READY] == STUDIES
+    assert counts[StudyState.FAILED] == 2
+    assert importer.ledger.failures(PROJECT) == {StudyFailure.NOT_FOUND: 1, StudyFailure.INVALID_ACCESSION: 1}
+    stored = importer.store.studies(PROJECT)
+    assert sorted(stored) == sorted(importer.study_key(a) for a in accessions)
+    for key in stored:
+        importer.store.verify(PROJECT, key)
+        assert importer.store.files(PROJECT, key, "dicom")
+        assert [p.suffix for p in importer.store.files(PROJECT, key, "nifti")].count(".gz") == 1
+
+    # No identifying value of any study, nor any accession id, is stored anywhere: names, bytes, paths.
+    secrets = set().union(*(phi_values(s) for s in studies)) | set(accessions)
+    images = tmp_path / "state" / "images"
+    for path in images.rglob("*"):
+        for secret in secrets:
+            assert secret not in str(path.relative_to(images))
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), (secret, path.name)
+    assert not list(images.glob(".staging-*"))
+
+
+async def test_a_pacs_that_is_down_fails_studies_with_a_reason_and_reimport_recovers(
+    pacs: tuple[EmbeddedPacs, PacsClient], tmp_path: Path
+) -> None:
+    server, client = pacs
+    accession = next(iter(image_occurrences(get_profile(PROFILE), PERSONS, SEED))).accession_id
+    importer = _importer(tmp_path, client)
+    down = PacsClient(server.host, 1, "TESTPACS", calling_ae_title="FLIPTRUST")
+    importer.pacs = down
+    await importer.run(PROJECT, [accession], to_nifti=False)
+    assert importer.ledger.failures(PROJECT) == {StudyFailure.PACS_UNAVAILABLE: 1}
+    importer.pacs = client
+    assert importer.ledger.reimport(PROJECT) == 1
+    await importer.run(PROJECT, [], to_nifti=False)
+    assert importer.ledger.get(PROJECT, accession).state is StudyState.READY
+    assert importer.ledger.get(PROJECT, accession).attempts == 2
+    key = importer.study_key(accession)
+    assert importer.store.files(PROJECT, key, "nifti") == []  # the project did not ask for NIfTI
