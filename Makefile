@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: help ensure-uv system-deps install demo test lint fmt typecheck pytest clean bench-poll bench-cohort
+.PHONY: help ensure-uv system-deps install demo test lint fmt typecheck pytest clean bench-poll bench-cohort bench-imaging
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,3 +61,6 @@ bench-poll: install ## benchmark: task pickup latency and idle load, long-poll v
 
 bench-cohort: install ## benchmark: cohort statistics through the data-access-api vs the same SQL in psql (1 M persons)
 	$(UV) run python bench/cohort.py --persons $(or $(PERSONS),1000000)
+
+bench-imaging: install ## benchmark: PACS import (retrieve, de-identify, convert, store) vs dcm2niix alone (100 studies)
+	$(UV) run python bench/imaging.py --studies $(or $(STUDIES),100)
