@@ -10,10 +10,12 @@ inside the store and are deleted before the study is committed, so nothing ident
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import shutil
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,8 @@ class StudyImporter:
     deid: Deidentifier
     parallel: int = 4
     convert_timeout_s: float = 300.0
+    deid_pool: Executor | None = None
+    """Worker processes for de-identification (CPU-bound Python: threads would share one core)."""
 
     def study_key(self, accession: str) -> str:
         """The pseudonymous name a study is stored under (the accession id itself never is)."""
@@ -124,12 +128,15 @@ class StudyImporter:
         if not files:
             raise StudyFailed(StudyFailure.RETRIEVE_FAILED)
         scratch = out.parent / "deid"
+        try:
+            if self.deid_pool is not None:
+                written_files = list(self.deid_pool.map(self.deid.file, files, itertools.repeat(scratch)))
+            else:
+                written_files = [self.deid.file(path, scratch) for path in files]
+        except DeidError as exc:
+            raise StudyFailed(StudyFailure.CORRUPT) from exc
         series: set[Path] = set()
-        for path in files:
-            try:
-                written = self.deid.file(path, scratch)
-            except DeidError as exc:
-                raise StudyFailed(StudyFailure.CORRUPT) from exc
+        for written in written_files:
             series_uid = str(pydicom.dcmread(written, stop_before_pixels=True).SeriesInstanceUID)
             folder = out / series_uid
             folder.mkdir(parents=True, exist_ok=True)
