@@ -37,7 +37,7 @@ from flip_data_access.snapshot import META, PARQUET, SnapshotMeta, SnapshotStore
 Harness = tuple[FastAPI, httpx.AsyncClient, CohortService]
 INTERNAL_KEY = "flip_ik_" + "t" * 40
 # Numbers that are not counts of anything: the threshold itself and the snapshot format.
-NOT_COUNTS = {("CohortStatistics", "k"), ("CohortSnapshotInfo", "k")}
+NOT_COUNTS = {("CohortStatistics", "k"), ("CohortSnapshotInfo", "k"), ("StudyCountsResponse", "k")}
 
 
 def _routes(app: FastAPI) -> list[APIRoute]:

@@ -268,3 +268,29 @@ async def test_the_per_person_summary_gives_the_same_statistics_as_the_cdm_joins
         assert a.record_count == b.record_count
         assert a.columns == b.columns
         assert a.distributions == b.distributions
+
+
+async def test_study_counts_are_gated_counts_of_distinct_persons(exact: CohortService) -> None:
+    """The imaging-api reports study states through the same gate: persons, not studies, and k applies."""
+    project = new_id()
+    sql = "SELECT person_id, accession_id FROM image_occurrence"
+    await exact.freeze(_freeze(sql, project))
+    ct = [f"ACC{i}-CT" for i in range(4, 301, 4)]  # 75 persons
+    mr = [f"ACC{i}-MR" for i in range(10, 301, 10)]  # 30 persons, 15 of them also in ct
+    k, counts = exact.study_counts(
+        project,
+        {"READY": ct + mr, "FAILED": ["ACC7-PT", "ACC11-PT"], "QUEUED": ["NOT-IN-COHORT"], "MR": mr},
+        None,
+    )
+    assert k == 10
+    assert counts["READY"] == _released(75 + 15)  # two studies of one person count once
+    assert counts["MR"] == _released(30)
+    assert counts["FAILED"] == SUPPRESSED  # 2 persons
+    assert counts["QUEUED"] == SUPPRESSED  # nobody: looks the same as 1..9
+    _, raised = exact.study_counts(project, {"MR": mr}, 31)
+    assert raised["MR"] == SUPPRESSED  # the hub may raise k
+    with pytest.raises(CohortError) as info:
+        exact.study_counts(new_id(), {"READY": ct}, None)
+    assert info.value.code is CohortErrorCode.NOT_APPROVED
+    # The hidden record-key column never reaches row-level callers.
+    assert "__flip_record_key" not in exact.dataframe(project, None)

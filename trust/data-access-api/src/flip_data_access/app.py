@@ -25,15 +25,17 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flip_core.cohort import (
+    MAX_K,
     CohortErrorCode,
     CohortQueryPayload,
     CohortSnapshotInfo,
     CohortStatistics,
     ColumnName,
+    GatedCount,
     PersistCohortPayload,
 )
 from flip_core.contract import INTERNAL_KEY_HEADER, ErrorBody, ServiceState
@@ -55,6 +57,9 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Accession = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
 class DataframeRequest(_Request):
     project_id: uuid.UUID
     columns: list[ColumnName] | None = Field(None, max_length=200, description="all columns when omitted")
@@ -72,6 +77,20 @@ class AccessionIdsRequest(_Request):
 class AccessionIdsResponse(BaseModel):
     project_id: uuid.UUID
     accession_ids: list[str]
+
+
+class StudyCountsRequest(_Request):
+    project_id: uuid.UUID
+    groups: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], list[Accession]] = Field(
+        max_length=32, description="label (e.g. a study state) → accession ids in it"
+    )
+    min_k: int | None = Field(None, ge=1, le=MAX_K)
+
+
+class StudyCountsResponse(BaseModel):
+    project_id: uuid.UUID
+    k: int
+    counts: dict[str, GatedCount]
 
 
 class Health(BaseModel):
@@ -164,6 +183,17 @@ def create_app(service: CohortService, internal_key: str) -> FastAPI:
     async def snapshot(body: PersistCohortPayload) -> CohortSnapshotInfo:
         """Freeze an approved project's cohort (idempotent); gated counts and the digest come back."""
         return await service.freeze(body)
+
+    @app.post(
+        "/cohort/study-counts",
+        response_model=StudyCountsResponse,
+        dependencies=[Internal],
+        openapi_extra=disclosure("gated"),
+    )
+    async def study_counts(body: StudyCountsRequest) -> StudyCountsResponse:
+        """Gated counts of the persons behind groups of a frozen cohort's studies (imaging status)."""
+        k, counts = service.study_counts(body.project_id, body.groups, body.min_k)
+        return StudyCountsResponse(project_id=body.project_id, k=k, counts=counts)
 
     @app.post(
         "/cohort/dataframe",

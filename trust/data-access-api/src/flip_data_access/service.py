@@ -15,6 +15,7 @@ from flip_core.cohort import (
     CohortStatistics,
     ColumnCounts,
     Distribution,
+    GatedCount,
     PersistCohortPayload,
 )
 from flip_core.cohort_sql import CohortSqlError, ValidatedQuery, validate_cohort_sql
@@ -136,6 +137,24 @@ class CohortService:
             if value is not None and str(value).strip():
                 seen.setdefault(str(value).strip(), None)
         return list(seen)
+
+    def study_counts(
+        self, project_id: uuid.UUID, groups: dict[str, list[str]], min_k: int | None
+    ) -> tuple[int, dict[str, GatedCount]]:
+        """Gated counts of distinct persons behind each group of accession ids of a frozen cohort.
+
+        The imaging-api reports its per-state study counts through here: one gate for every number that
+        leaves the trust.  Accession ids not in the frozen cohort count for nobody.
+        """
+        k = self.gate.effective_k(min_k)
+        meta, raw = self.snapshots.record_keys(project_id, ACCESSION_COLUMN)
+        self._check_rows(meta, k)
+        by_accession = {str(accession).strip(): person for accession, person in raw.items()}
+        counts: dict[str, GatedCount] = {}
+        for label, accessions in groups.items():
+            persons = {by_accession[a][0]: by_accession[a][1] for a in accessions if a in by_accession}
+            counts[label] = self.gate.release(Cell(len(persons), sum(persons.values()) % KEY_SPACE), k)
+        return k, counts
 
     def _check_rows(self, meta: SnapshotMeta, k: int | None = None) -> None:
         """Refuse row-level use of a snapshot under the threshold it was frozen with (or the trust's now)."""

@@ -33,11 +33,12 @@ from flip_data_access.gate import KEY_SPACE
 from flip_data_access.omop import CohortError
 from flip_data_access.statistics import record_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PARQUET = "cohort.parquet"
 META = "meta.json"
 _BATCH_ROWS = 50_000
-_RK = "__flip_record_key"
+RECORD_KEY = "__flip_record_key"
+"""Hidden snapshot column: each row's person record key, so counts over the frozen cohort can be gated."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,16 @@ class SnapshotStore:
         unknown = sorted(set(columns or ()) - set(meta.columns))
         if unknown:
             raise CohortError(CohortErrorCode.UNKNOWN_COLUMN, f"the frozen cohort has no column {unknown[0]!r}")
-        return meta, pq.read_table(parquet, columns=columns)
+        # The record-key column is never served: only :meth:`record_keys` reads it, for the gate.
+        return meta, pq.read_table(parquet, columns=list(columns or meta.columns))
+
+    def record_keys(self, project_id: uuid.UUID, column: str) -> tuple[SnapshotMeta, dict[Any, tuple[Any, int]]]:
+        """``value of column → (person_id, record key)`` over the snapshot's rows (for gated counts)."""
+        meta, _ = self.read(project_id, [column])
+        table = pq.read_table(self.folder(project_id) / PARQUET, columns=[column, PERSON_COLUMN, RECORD_KEY])
+        values, persons, keys = (table.column(name).to_pylist() for name in (column, PERSON_COLUMN, RECORD_KEY))
+        rows = zip(values, persons, keys, strict=True)
+        return meta, {v: (p, k) for v, p, k in rows if v is not None and p is not None}
 
     async def freeze(
         self,
@@ -189,7 +199,7 @@ class SnapshotStore:
     ) -> SnapshotMeta:
         query = sql.SQL("SELECT cohort.*, {} AS {} FROM ({}) AS cohort").format(
             record_key(sql.SQL("cohort.{}").format(sql.Identifier(PERSON_COLUMN)), seed),
-            sql.Identifier(_RK),
+            sql.Identifier(RECORD_KEY),
             sql.SQL(cohort_sql),
         )
         parquet = folder / PARQUET
@@ -198,11 +208,11 @@ class SnapshotStore:
         writer: pq.ParquetWriter | None = None
         try:
             async for batch in _batches(conn, query):
-                keys = batch.pop(_RK).to_pylist()
+                keys = batch[RECORD_KEY].to_pylist()
                 for person, key in zip(batch[PERSON_COLUMN].to_pylist(), keys, strict=True):
                     if person is not None:
                         persons[person] = key
-                table = pa.table({name: batch[name] for name in columns})
+                table = pa.table({name: batch[name] for name in [*columns, RECORD_KEY]})
                 if writer is None:
                     writer = pq.ParquetWriter(parquet, table.schema)
                 writer.write_table(table)
@@ -213,7 +223,8 @@ class SnapshotStore:
                         "the cohort is larger than this trust's snapshot limit; narrow the query",
                     )
             if writer is None:
-                writer = pq.ParquetWriter(parquet, pa.schema([(name, pa.null()) for name in columns]))
+                schema = [(name, pa.null()) for name in columns]
+                writer = pq.ParquetWriter(parquet, pa.schema([*schema, (RECORD_KEY, pa.int64())]))
         finally:
             if writer is not None:
                 writer.close()
