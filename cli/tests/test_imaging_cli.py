@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from flip_cli import imaging as imaging_cli
 from flip_cli.errors import ExitCode
 from flip_cli.imaging import imaging
+from flip_imaging.embedded_pacs import EmbeddedPacs
 from flip_omop import get_profile, image_occurrences
 
 
@@ -94,3 +95,24 @@ def test_bad_options_are_usage_errors(args: list[str]) -> None:
     result = run("generate", *args)
 
     assert result.exit_code == ExitCode.USAGE, result.output
+
+
+def test_seed_stores_generated_studies_into_a_pacs(tmp_path: Path) -> None:
+    out = tmp_path / "studies"
+    assert (
+        CliRunner().invoke(imaging, ["generate", "--persons", "60", "--out", str(out), "--limit", "2"]).exit_code == 0
+    )
+    instances = len(list(out.rglob("*.dcm")))
+    with EmbeddedPacs(tmp_path / "pacs", ae_title="SEEDME") as pacs:
+        args = ["seed", "--pacs-port", str(pacs.port), "--pacs-ae-title", "SEEDME", "--from", str(out)]
+        result = CliRunner().invoke(imaging, args)
+        assert result.exit_code == 0, result.output
+        assert f"stored {instances} instance(s)" in result.output
+        assert len(pacs.instances()) == instances
+        port = pacs.port
+    # The PACS is gone now: a clear failure, exit 1.
+    result = CliRunner().invoke(
+        imaging, ["seed", "--pacs-port", str(port), "--pacs-ae-title", "SEEDME", "--from", str(out)]
+    )
+    assert result.exit_code == ExitCode.FAILURE
+    assert "cannot seed the PACS" in result.output

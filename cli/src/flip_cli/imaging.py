@@ -1,11 +1,13 @@
 """``flip trust imaging``: the trust's imaging — synthetic DICOM studies for its PACS.
 
     flip trust imaging generate --persons N [--seed S] [--profile north|south|east] --out DIR [--limit N]
+    flip trust imaging seed --pacs-port P --pacs-ae-title AE --from DIR
 
 ``generate`` writes one small DICOM series (and its organ mask) per imaging study of the synthetic
 OMOP dataset with the same ``--persons``, ``--seed`` and ``--profile``, so the accession ids the
 cohort queries return are the ones the PACS holds.  Exit codes: 0 ok, 1 failure while writing (disk
 full, permission denied), 2 usage, 3 configuration (``--out`` or one of its parents is not a folder).
+``seed`` sends those files to a PACS (the embedded one or Orthanc) by C-STORE.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import click
 
 from flip_cli.errors import CliError, config_error
+from flip_imaging.pacs import PacsClient, PacsError, StoreFailed
 from flip_imaging.synthetic import write_studies
 from flip_omop import PROFILE_NAMES, get_profile
 
@@ -81,3 +84,38 @@ def _check_folder(out_dir: Path) -> None:
             if not path.is_dir():
                 raise config_error(f"--out {out_dir}: {path} exists and is not a folder")
             return
+
+
+@imaging.command()
+@click.option("--pacs-host", default="127.0.0.1", show_default=True, help="The PACS's DICOM host.")
+@click.option("--pacs-port", type=click.IntRange(1, 65535), required=True, help="The PACS's DICOM port.")
+@click.option("--pacs-ae-title", required=True, help="The PACS's AE title (the called AE).")
+@click.option("--ae-title", default="FLIP", show_default=True, help="Our AE title (the calling AE).")
+@click.option(
+    "--from",
+    "folder",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Folder of DICOM files (e.g. written by `generate`); every DICOM file below it is sent.",
+)
+def seed(pacs_host: str, pacs_port: int, pacs_ae_title: str, ae_title: str, folder: Path) -> None:
+    """Store every DICOM file under a folder into a PACS by C-STORE (Orthanc or any DICOM SCP).
+
+    Exit codes: 0 every instance stored, 1 the PACS refused some (or is unreachable), 2 usage.
+    """
+    try:
+        client = PacsClient(pacs_host, pacs_port, pacs_ae_title, calling_ae_title=ae_title)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    started = time.perf_counter()
+    try:
+        stored = client.store_folder(folder)
+    except StoreFailed as exc:
+        raise CliError(
+            f"the PACS stored {exc.result.stored} instance(s) but refused {len(exc.result.failed)}: "
+            f"{exc.result.failed[0].reason if exc.result.failed else exc}"
+        ) from exc
+    except PacsError as exc:
+        raise CliError(f"cannot seed the PACS: {exc}") from exc
+    elapsed = time.perf_counter() - started
+    click.echo(f"stored {stored} instance(s) in {pacs_ae_title}@{pacs_host}:{pacs_port} in {elapsed:.1f} s")
