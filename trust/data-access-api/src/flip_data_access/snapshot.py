@@ -126,8 +126,8 @@ class SnapshotStore:
                 CohortErrorCode.INTERNAL_ERROR, "this trust's snapshot of the cohort is damaged", status=500
             ) from exc
 
-    def read(self, project_id: uuid.UUID, columns: list[str] | None = None) -> tuple[SnapshotMeta, pa.Table]:
-        """The snapshot's rows, after checking them against the recorded digest."""
+    def _verified(self, project_id: uuid.UUID) -> tuple[SnapshotMeta, Path]:
+        """The snapshot's metadata and parquet file, after checking the file against the recorded digest."""
         meta = self.meta(project_id)
         if meta is None:
             raise CohortError(
@@ -140,16 +140,25 @@ class SnapshotStore:
             raise CohortError(
                 CohortErrorCode.INTERNAL_ERROR, "this trust's snapshot of the cohort is damaged", status=500
             )
-        unknown = sorted(set(columns or ()) - set(meta.columns))
+        return meta, parquet
+
+    def _check_columns(self, meta: SnapshotMeta, columns: list[str]) -> None:
+        unknown = sorted(set(columns) - set(meta.columns))
         if unknown:
             raise CohortError(CohortErrorCode.UNKNOWN_COLUMN, f"the frozen cohort has no column {unknown[0]!r}")
+
+    def read(self, project_id: uuid.UUID, columns: list[str] | None = None) -> tuple[SnapshotMeta, pa.Table]:
+        """The snapshot's rows, after checking them against the recorded digest."""
+        meta, parquet = self._verified(project_id)
+        self._check_columns(meta, columns or [])
         # The record-key column is never served: only :meth:`record_keys` reads it, for the gate.
         return meta, pq.read_table(parquet, columns=list(columns or meta.columns))
 
     def record_keys(self, project_id: uuid.UUID, column: str) -> tuple[SnapshotMeta, dict[Any, tuple[Any, int]]]:
         """``value of column → (person_id, record key)`` over the snapshot's rows (for gated counts)."""
-        meta, _ = self.read(project_id, [column])
-        table = pq.read_table(self.folder(project_id) / PARQUET, columns=[column, PERSON_COLUMN, RECORD_KEY])
+        meta, parquet = self._verified(project_id)
+        self._check_columns(meta, [column])
+        table = pq.read_table(parquet, columns=[column, PERSON_COLUMN, RECORD_KEY])
         values, persons, keys = (table.column(name).to_pylist() for name in (column, PERSON_COLUMN, RECORD_KEY))
         rows = zip(values, persons, keys, strict=True)
         return meta, {v: (p, k) for v, p, k in rows if v is not None and p is not None}
