@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -120,8 +120,7 @@ async def test_a_result_for_a_lease_taken_over_elsewhere_is_dropped(hub: Running
         # Another agent replica takes the task over after the lease "ran out" (one transaction, so this
         # agent's own lease poll skips the locked row).
         async with transaction(hub.state.sessions) as s:
-            past = datetime.now(UTC) - timedelta(seconds=1)
-            await s.execute(update(TrustTask).where(TrustTask.id == task_id).values(lease_expires_at=past))
+            await hub.expire_lease(s, task_id)
             (taken,) = await lease_tasks(s, trust.id, max_tasks=1, lease_s=600)
         assert taken.attempt == 2
         gate.release.set()
@@ -146,8 +145,7 @@ async def test_a_task_redelivered_while_it_runs_is_answered_by_the_running_job(h
         await eventually(lambda: current(gate.started), lambda n: n == 1)
         # The lease runs out while the job is still working (as after a long hub outage) ...
         async with transaction(hub.state.sessions) as s:
-            past = datetime.now(UTC) - timedelta(seconds=1)
-            await s.execute(update(TrustTask).where(TrustTask.id == task_id).values(lease_expires_at=past))
+            await hub.expire_lease(s, task_id)
         # ... and the hub hands the task out again, to this same agent.
         await eventually(lambda: hub.task(task_id), lambda t: t.attempt == 2)
         gate.release.set()

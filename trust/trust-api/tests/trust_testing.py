@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.config import HubSettings
 from flip_api.core.state import HubState
@@ -135,6 +136,11 @@ class RunningHub:
         async with transaction(self.state.sessions) as s:
             created = [await enqueue_task(s, self.state, trust, TaskType.PING, p) for p in payloads]
         return [task.id for task in created]
+
+    async def expire_lease(self, session: AsyncSession, task_id: uuid.UUID) -> None:
+        """Make the task's current lease one that ran out a second ago (inside the caller's transaction)."""
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        await session.execute(update(TrustTask).where(TrustTask.id == task_id).values(lease_expires_at=past))
 
     async def task(self, task_id: uuid.UUID) -> TrustTask:
         async with self.state.sessions() as s:
