@@ -7,7 +7,10 @@ import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from flip_core.imaging import StudyFailure, StudyState
@@ -35,13 +38,14 @@ def pacs(tmp_path: Path) -> Iterator[tuple[EmbeddedPacs, PacsClient]]:
         yield server, client
 
 
-def _importer(tmp_path: Path, client: PacsClient) -> StudyImporter:
+def _importer(tmp_path: Path, client: PacsClient, *, labels: Path | None = None) -> StudyImporter:
     return StudyImporter(
         ledger=StudyLedger(tmp_path / "state" / "studies.sqlite3"),
         store=ImageStore(tmp_path / "state" / "images"),
         pacs=client,
         deid=Deidentifier(b"trust-secret-for-tests-0123456789"),
         parallel=2,
+        labels=labels,
     )
 
 
@@ -51,7 +55,7 @@ async def test_a_project_imports_with_nifti_and_bad_accessions_fail_alone(
     _, client = pacs
     studies = list(itertools.islice(image_occurrences(get_profile(PROFILE), PERSONS, SEED), STUDIES))
     accessions = [s.accession_id for s in studies]
-    importer = _importer(tmp_path, client)
+    importer = _importer(tmp_path, client, labels=tmp_path / "synthetic")
     await importer.run(PROJECT, [*accessions, "NOT-IN-PACS", "WILD*", accessions[0]], to_nifti=True)
 
     counts = importer.ledger.counts(PROJECT)
@@ -64,6 +68,14 @@ async def test_a_project_imports_with_nifti_and_bad_accessions_fail_alone(
         importer.store.verify(PROJECT, key)
         assert importer.store.files(PROJECT, key, "dicom")
         assert [p.suffix for p in importer.store.files(PROJECT, key, "nifti")].count(".gz") == 1
+    for accession in accessions:  # each study's label came along, voxel for voxel
+        (mask,) = importer.store.files(PROJECT, importer.study_key(accession), "mask")
+        load: Any = nib.load  # nibabel's return type is too general for mypy
+        source = np.asanyarray(load(tmp_path / "synthetic" / accession / "mask.nii.gz").dataobj)
+        copied = load(mask)
+        assert copied.get_data_dtype() == np.uint8
+        assert np.array_equal(np.asanyarray(copied.dataobj), source)
+        assert copied.header["descrip"].tobytes().strip(b"\0") == b""
 
     # No identifying value of any study, nor any accession id, is stored anywhere: names, bytes, paths.
     secrets = set().union(*(phi_values(s) for s in studies)) | set(accessions)
@@ -93,3 +105,20 @@ async def test_a_pacs_that_is_down_fails_studies_with_a_reason_and_reimport_reco
     assert importer.ledger.get(PROJECT, accession).attempts == 2
     key = importer.study_key(accession)
     assert importer.store.files(PROJECT, key, "nifti") == []  # the project did not ask for NIfTI
+
+
+async def test_a_broken_label_fails_its_study_as_corrupt_and_others_proceed(
+    pacs: tuple[EmbeddedPacs, PacsClient], tmp_path: Path
+) -> None:
+    _, client = pacs
+    studies = list(itertools.islice(image_occurrences(get_profile(PROFILE), PERSONS, SEED), STUDIES))
+    accessions = [s.accession_id for s in studies]
+    (tmp_path / "synthetic" / accessions[0] / "mask.nii.gz").write_bytes(b"not a nifti file")
+    (tmp_path / "synthetic" / accessions[1] / "mask.nii.gz").unlink()  # no label: imported without one
+    importer = _importer(tmp_path, client, labels=tmp_path / "synthetic")
+    await importer.run(PROJECT, accessions, to_nifti=False)
+
+    assert importer.ledger.get(PROJECT, accessions[0]).reason is StudyFailure.CORRUPT
+    assert importer.ledger.counts(PROJECT)[StudyState.READY] == STUDIES - 1
+    assert importer.store.files(PROJECT, importer.study_key(accessions[1]), "mask") == []
+    assert importer.store.files(PROJECT, importer.study_key(accessions[2]), "mask")

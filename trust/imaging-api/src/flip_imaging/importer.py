@@ -23,6 +23,7 @@ import pydicom
 
 from flip_core.imaging import StudyFailure, StudyState
 from flip_imaging.deid import Deidentifier, DeidError
+from flip_imaging.labels import MASK_NAME, BadMask, copy_mask, find_mask
 from flip_imaging.nifti import ConversionError, convert_to_nifti
 from flip_imaging.pacs import (
     AmbiguousAccession,
@@ -59,6 +60,8 @@ class StudyImporter:
     convert_timeout_s: float = 300.0
     deid_pool: Executor | None = None
     """Worker processes for de-identification (CPU-bound Python: threads would share one core)."""
+    labels: Path | None = None
+    """The trust's segmentation labels (``<accession>/mask.nii.gz``), attached to studies that have one."""
 
     def study_key(self, accession: str) -> str:
         """The pseudonymous name a study is stored under (the accession id itself never is)."""
@@ -116,8 +119,14 @@ class StudyImporter:
                 except ConversionError as exc:
                     raise StudyFailed(StudyFailure.CONVERSION_FAILED) from exc
         shutil.rmtree(staging / "deid", ignore_errors=True)
+        if self.labels is not None and (mask := find_mask(self.labels, accession)) is not None:
+            try:
+                copy_mask(mask, staging / "mask" / MASK_NAME)
+            except BadMask as exc:
+                # A study whose label is broken would break training later: fail it now, with a reason.
+                raise StudyFailed(StudyFailure.CORRUPT) from exc
         try:
-            # Only dicom/ and nifti/ are left in the staging folder; it becomes the study in one move.
+            # Only dicom/, nifti/ and mask/ are left in the staging folder; it becomes the study in one move.
             self.store.commit(project_id, self.study_key(accession), staging)
         except DamagedStudy as exc:
             raise StudyFailed(StudyFailure.INTERNAL_ERROR) from exc

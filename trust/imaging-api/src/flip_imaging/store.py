@@ -4,7 +4,8 @@ Layout under the store's root::
 
     <project id>/<study key>/manifest.json      sha256 and size of every file below
     <project id>/<study key>/dicom/<sop>.dcm    de-identified instances
-    <project id>/<study key>/nifti/<name>.nii.gz (+ .json sidecar), mask.nii.gz, when converted
+    <project id>/<study key>/nifti/<name>.nii.gz (+ .json sidecar), when converted
+    <project id>/<study key>/mask/mask.nii.gz   the trust's segmentation label, when it has one
 
 A study is prepared in a staging folder and moved into place in one rename, with its manifest already
 written, so a reader sees a whole study or none.  Every path segment that comes from outside (project
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-KINDS = ("dicom", "nifti")
+KINDS = ("dicom", "nifti", "mask")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -142,7 +143,7 @@ class ImageStore:
         return manifest
 
     def files(self, project_id: uuid.UUID, study_key: str, kind: str) -> list[Path]:
-        """The study's files of one kind (``dicom`` or ``nifti``), as listed in its manifest."""
+        """The study's files of one kind (``dicom``, ``nifti`` or ``mask``), as listed in its manifest."""
         if kind not in KINDS:
             raise UnsafePath(f"kind must be one of {', '.join(KINDS)}")
         manifest = self.manifest(project_id, study_key)
