@@ -58,6 +58,18 @@ class StudyFailure(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+class ImagingErrorCode(StrEnum):
+    """Why a trust could not act on an imaging task, in categories safe to show the researcher."""
+
+    NOT_APPROVED = "not_approved"  # this trust holds no frozen cohort for the project
+    NO_ACCESSION_COLUMN = "no_accession_column"  # the frozen cohort has no accession_id column
+    BELOW_THRESHOLD = "below_threshold"  # the frozen cohort is smaller than the trust's threshold
+    NOT_IMPORTED = "not_imported"  # status, re-import or images of a project never imported here
+    DATA_UNAVAILABLE = "data_unavailable"  # the trust's data-access-api is down
+    IMAGING_UNAVAILABLE = "imaging_unavailable"  # the trust's imaging-api is down or not configured
+    INTERNAL_ERROR = "internal_error"
+
+
 class CreateImagingPayload(_Wire):
     """The ``create_imaging`` task: import the studies of this project's frozen cohort at this trust."""
 

@@ -41,7 +41,15 @@ async def test_ping_round_trip_with_heartbeat_and_health(hub: RunningHub, tmp_pa
         assert health["status"] == "running"
         assert health["trust"]["code"] == "RT1"
         assert health["tasks"]["completed"] == 1
-        assert health["tasks"]["limits"] == {"ping": 8, "cohort_query": 2, "persist_cohort": 1}
+        assert health["tasks"]["limits"] == {
+            "ping": 8,
+            "cohort_query": 2,
+            "persist_cohort": 1,
+            "create_imaging": 2,
+            "get_imaging_status": 4,
+            "reimport_studies": 2,
+            "delete_imaging": 1,
+        }
         await eventually(lambda: _outbox_size(run.agent), lambda n: n == 0)
     finally:
         await run.stop()

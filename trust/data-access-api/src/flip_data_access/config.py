@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError
@@ -11,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError
 from flip_core.cohort import DEFAULT_MIN_K, MAX_K
 from flip_core.contract import TrustKit
 from flip_core.settings import FlipSettings, default_state_dir
+from flip_core.state_secret import StateSecretError, state_secret
 
 PERTURBATION_KEY_FILE = "perturbation.key"
 
@@ -78,21 +77,9 @@ def perturbation_seed(state_dir: Path) -> int:
     It must outlive restarts and key rotations: a new seed would give every cohort new offsets and let a
     patient researcher average them away.
     """
-    path = state_dir / PERTURBATION_KEY_FILE
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(secrets.token_hex(8) + "\n")
-        text = path.read_text(encoding="ascii").strip()
-    except FileExistsError:
-        text = path.read_text(encoding="ascii").strip()
-    except OSError as exc:
-        raise DataAccessConfigError(f"cannot use the state folder {state_dir}: {exc.strerror or exc}") from exc
-    try:
-        value = int(text, 16)
-    except ValueError as exc:
-        raise DataAccessConfigError(f"{path} is damaged; restore it from backup (do not replace it)") from exc
+        value = int.from_bytes(state_secret(state_dir / PERTURBATION_KEY_FILE, 8), "big")
+    except StateSecretError as exc:
+        raise DataAccessConfigError(str(exc)) from exc
     # PostgreSQL's seeded hash takes a signed 64-bit seed.
     return value - 2**64 if value >= 2**63 else value

@@ -29,7 +29,7 @@ TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
     StudyState.QUEUED: frozenset({StudyState.RETRIEVING, StudyState.FAILED}),
     StudyState.RETRIEVING: frozenset({StudyState.CONVERTING, StudyState.READY, StudyState.FAILED}),
     StudyState.CONVERTING: frozenset({StudyState.READY, StudyState.FAILED}),
-    StudyState.READY: frozenset(),
+    StudyState.READY: frozenset({StudyState.FAILED}),  # its stored files were found damaged
     StudyState.FAILED: frozenset({StudyState.QUEUED}),  # a re-import
 }
 """Every move a study may make; anything else is a bug and is refused."""
@@ -54,6 +54,12 @@ CREATE TABLE IF NOT EXISTS studies (
 );
 CREATE INDEX IF NOT EXISTS studies_by_state ON studies (project_id, state);
 CREATE INDEX IF NOT EXISTS studies_by_deadline ON studies (deadline) WHERE deadline IS NOT NULL;
+CREATE TABLE IF NOT EXISTS imports (
+    project_id TEXT PRIMARY KEY,
+    to_nifti   INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    deleted_at REAL
+);
 """
 
 
@@ -70,6 +76,16 @@ class Study:
     attempts: int
     entered_at: float
     deadline: float | None
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    """A project's import at this trust: its options, and whether its images were deleted."""
+
+    project_id: uuid.UUID
+    to_nifti: bool
+    created_at: float
+    deleted_at: float | None
 
 
 class StudyLedger:
@@ -204,10 +220,80 @@ class StudyLedger:
             )
             return cur.rowcount
 
-    def forget(self, project_id: uuid.UUID) -> int:
-        """Drop the project's import (its images are deleted by the caller); returns how many studies."""
+    def forget(self, project_id: uuid.UUID, *, now: float | None = None) -> int:
+        """Drop the project's studies and mark its import deleted (the caller deletes the images).
+
+        The import's record stays, so a later status says "deleted" rather than "never imported".
+        """
+        at = time.time() if now is None else now
         with self._tx() as db:
+            db.execute("UPDATE imports SET deleted_at = ? WHERE project_id = ?", (at, str(project_id)))
             return db.execute("DELETE FROM studies WHERE project_id = ?", (str(project_id),)).rowcount
+
+    def open_import(self, project_id: uuid.UUID, *, to_nifti: bool, now: float | None = None) -> ImportRecord:
+        """Record the project's import (again after a deletion); its options are those of the first call.
+
+        ``to_nifti`` is fixed when the project is created at the hub, so a repeated call with the other
+        value is a contradiction and is refused.
+        """
+        at = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO imports (project_id, to_nifti, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (project_id) DO UPDATE SET deleted_at = NULL",
+                (str(project_id), int(to_nifti), at),
+            )
+        record = self.import_record(project_id)
+        assert record is not None
+        if record.to_nifti != to_nifti:
+            raise ValueError("this project's import was opened with the other NIfTI setting")
+        return record
+
+    def import_record(self, project_id: uuid.UUID) -> ImportRecord | None:
+        row = self._db.execute(
+            "SELECT to_nifti, created_at, deleted_at FROM imports WHERE project_id = ?", (str(project_id),)
+        ).fetchone()
+        if row is None:
+            return None
+        return ImportRecord(project_id, bool(row[0]), float(row[1]), row[2])
+
+    def queued_imports(self) -> list[ImportRecord]:
+        """Live imports with studies still QUEUED (to resume after a restart)."""
+        rows = self._db.execute(
+            "SELECT i.project_id, i.to_nifti, i.created_at FROM imports i WHERE i.deleted_at IS NULL AND EXISTS "
+            "(SELECT 1 FROM studies s WHERE s.project_id = i.project_id AND s.state = ?) ORDER BY i.created_at",
+            (StudyState.QUEUED.value,),
+        ).fetchall()
+        return [ImportRecord(uuid.UUID(p), bool(n), float(c), None) for p, n, c in rows]
+
+    def requeue_interrupted(self, *, now: float | None = None) -> int:
+        """Put studies a dead process was working on (RETRIEVING, CONVERTING) back in the queue.
+
+        Only for the start of the one process that owns this ledger: nothing else can be working on
+        them then.  Their partial files were in staging folders, which the store clears at start.
+        """
+        at = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE studies SET state = ?, reason = NULL, entered_at = ?, deadline = ? WHERE state IN (?, ?)",
+                (
+                    StudyState.QUEUED.value,
+                    at,
+                    self._deadline(StudyState.QUEUED, at),
+                    StudyState.RETRIEVING.value,
+                    StudyState.CONVERTING.value,
+                ),
+            )
+            return cur.rowcount
+
+    def accessions(self, project_id: uuid.UUID) -> dict[str, tuple[StudyState, StudyFailure | None]]:
+        """Every study of the import: accession → (state, failure reason) — for the disclosure gate only."""
+        return {
+            accession: (StudyState(state), StudyFailure(reason) if reason else None)
+            for accession, state, reason in self._db.execute(
+                "SELECT accession, state, reason FROM studies WHERE project_id = ?", (str(project_id),)
+            )
+        }
 
     def get(self, project_id: uuid.UUID, accession: str) -> Study:
         row = self._db.execute(

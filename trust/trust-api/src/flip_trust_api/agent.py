@@ -44,15 +44,15 @@ from flip_core.tasks import (
     ServiceHealth,
     TaskResult,
 )
-from flip_trust_api import __version__, cohorts
+from flip_trust_api import __version__, cohorts, imaging
 from flip_trust_api.config import AgentSettings
-from flip_trust_api.data_access import DataAccessClient
 from flip_trust_api.errors import AgentConfigError, AgentError, FatalHubError, IdentityMismatch, KitError
 from flip_trust_api.handlers import ConcurrencyLimits, HandlerRegistry, TaskContext, TrustServices
 from flip_trust_api.handlers import registry as ping_handlers
 from flip_trust_api.health import HealthServer, Probe, build_probes, collect_health, initial_health
 from flip_trust_api.hub_client import Backoff, HubClient, HubRejected, HubUnavailable, StaleLease
 from flip_trust_api.outbox import OUTBOX_FILE, Claim, Outbox
+from flip_trust_api.service_clients import data_access_client, imaging_client
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,10 @@ POLL_WAIT_JITTER = 0.2
 
 
 def builtin_registry() -> HandlerRegistry:
-    """The handlers an agent runs unless given others: ``ping`` and the cohort tasks."""
+    """The handlers an agent runs unless given others: ``ping``, the cohort and the imaging tasks."""
     registry = ping_handlers.copy()
     cohorts.register(registry)
+    imaging.register(registry)
     return registry
 
 
@@ -126,11 +127,16 @@ class Agent:
         self.client = client or HubClient(kit, timeout_s=settings.hub_timeout_s)
         self._probe_http = httpx.AsyncClient(timeout=settings.probe_timeout_s, follow_redirects=False)
         self._data_access = (
-            DataAccessClient(settings.data_access_url, kit.internal_key, timeout_s=settings.data_access_timeout_s)
+            data_access_client(settings.data_access_url, kit.internal_key, timeout_s=settings.data_access_timeout_s)
             if settings.data_access_url
             else None
         )
-        self.services = TrustServices(data_access=self._data_access)
+        self._imaging = (
+            imaging_client(settings.imaging_url, kit.internal_key, timeout_s=settings.imaging_timeout_s)
+            if settings.imaging_url
+            else None
+        )
+        self.services = TrustServices(data_access=self._data_access, imaging=self._imaging)
         self.probes = (
             probes
             if probes is not None
@@ -303,8 +309,9 @@ class Agent:
         await self.health_server.stop()
         await self.client.aclose()
         await self._probe_http.aclose()
-        if self._data_access is not None:
-            await self._data_access.aclose()
+        for service in (self._data_access, self._imaging):
+            if service is not None:
+                await service.aclose()
         if self.outbox is not None:
             pending = await self.outbox.size()
             await self.outbox.close()

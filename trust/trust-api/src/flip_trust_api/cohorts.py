@@ -19,10 +19,10 @@ from flip_core.cohort import (
     PersistCohortPayload,
 )
 from flip_core.tasks import TaskType
-from flip_trust_api.handlers import HandlerRegistry, TaskContext, TaskFailure
+from flip_trust_api.handlers import HandlerRegistry, ServicePort, TaskContext, TaskFailure
 
 
-def _data_access(ctx: TaskContext) -> Any:
+def _data_access(ctx: TaskContext) -> ServicePort:
     client = ctx.services.data_access
     if client is None:
         raise TaskFailure(

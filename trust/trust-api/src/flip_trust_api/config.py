@@ -48,6 +48,9 @@ class AgentSettings(FlipSettings):
         600, gt=0, le=7200, validation_alias="FLIP_AGENT_DATA_ACCESS_TIMEOUT_S", description="per cohort request"
     )
     imaging_url: str | None = Field(None, validation_alias="FLIP_AGENT_IMAGING_URL")
+    imaging_timeout_s: float = Field(
+        120, gt=0, le=3600, validation_alias="FLIP_AGENT_IMAGING_TIMEOUT_S", description="per imaging request"
+    )
     pacs_host: str | None = Field(None, validation_alias="FLIP_AGENT_PACS_HOST")
     pacs_port: int = Field(104, ge=1, le=65535, validation_alias="FLIP_AGENT_PACS_PORT")
     pacs_ae_title: str | None = Field(None, max_length=16, validation_alias="FLIP_AGENT_PACS_AE_TITLE")

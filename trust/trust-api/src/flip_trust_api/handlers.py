@@ -63,11 +63,12 @@ class TaskFailure(Exception):
 class TrustServices:
     """Clients of the trust's own services that handlers may call (None when not configured)."""
 
-    data_access: DataAccessPort | None = None
+    data_access: ServicePort | None = None
+    imaging: ServicePort | None = None
 
 
-class DataAccessPort(Protocol):
-    """What handlers need of the data-access-api client."""
+class ServicePort(Protocol):
+    """What handlers need of a client of one of the trust's services (see :mod:`flip_trust_api.service_clients`)."""
 
     async def post(self, path: str, body: BaseModel) -> dict[str, Any]: ...
 
