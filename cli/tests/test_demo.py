@@ -149,6 +149,20 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path, state_dir: Pa
         ping = summary["link"]["pings"][code]
         assert ping["echo"] == f"hello {code}"
         assert ping["trust_status"] == "online"
+    imaging = summary["imaging"]
+    assert imaging["status"] == "ok"
+    assert set(imaging["trusts"]) == {"ELSE", "RIVR"}
+    for code, trust in imaging["trusts"].items():
+        assert trust["k"] >= 10
+        ready = trust["by_state"]["READY"]
+        assert ready["suppressed"] is False, code
+        assert ready["value"] >= 10, code
+    assert imaging["trainer_fetch"]["bytes"] > 0
+    assert {code: t["imaging"]["studies"] > 0 for code, t in summary["data"]["trusts"].items()} == {
+        "ELSE": True,
+        "RIVR": True,
+        "HILL": True,
+    }
     assert summary["audit"]["chain_ok"] is True
     assert summary["audit"]["entries"] > 0
     for code in ("ELSE", "RIVR", "HILL"):

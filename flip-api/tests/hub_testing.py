@@ -32,6 +32,7 @@ from flip_core.cohort import (
 )
 from flip_core.contract import PROTOCOL_HEADER, PROTOCOL_VERSION, TRUST_KEY_HEADER, TrustKit
 from flip_core.crypto import Envelope, Keyring, decode_key
+from flip_core.imaging import FailureCount, ImagingStatus, StudyFailure, StudyState
 from flip_core.tasks import TaskType, payload_purpose
 
 
@@ -211,3 +212,36 @@ async def ready_cohort(
     assert r.status_code == 202, r.text
     for trust in trusts:
         await answer_cohort_queries(client, trust, persons)
+
+
+# --------------------------------------------------------------------------- the trust's side of imaging
+
+
+def imaging_status(
+    project_id: uuid.UUID | str,
+    *,
+    updated_at: datetime | None = None,
+    ready: int | None = 30,
+    failed: int | None = None,
+    running: int | None = None,
+    complete: bool = False,
+    deleted: bool = False,
+    k: int = DEFAULT_MIN_K,
+) -> dict[str, Any]:
+    """A well-formed answer to an imaging task, as a trust's gate would build it (None: suppressed)."""
+    released = [n for n in (ready, failed, running) if n is not None]
+    by_state = {StudyState.READY: gated(ready), StudyState.FAILED: gated(failed)}
+    if not complete:
+        by_state[StudyState.RETRIEVING] = gated(running)
+    failures = [FailureCount(reason=StudyFailure.NOT_FOUND, count=gated(failed))] if failed is not None else []
+    status = ImagingStatus(
+        project_id=uuid.UUID(str(project_id)),
+        k=k,
+        studies=gated(sum(released) if released else None),
+        by_state=by_state,
+        failures=failures,
+        complete=complete,
+        deleted=deleted,
+        updated_at=updated_at or datetime.now(UTC),
+    )
+    return status.model_dump(mode="json")

@@ -2,19 +2,23 @@
 
 In the embedded default it runs inside the API process; in production run it as its own process (or
 leave it on in every replica: each tick only does work if it wins the lock).  Each tick fails tasks
-whose last allowed lease ran out, so that failures are visible without waiting for the next lease.
+whose last allowed lease ran out, so that failures are visible without waiting for the next lease, and
+asks trusts for a fresh status of imaging imports that are still running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.state import HubState
 from flip_api.db.session import transaction
+from flip_api.services.imaging import refresh_statuses
 from flip_api.services.tasks import fail_exhausted_leases
 
 log = logging.getLogger(__name__)
@@ -22,15 +26,34 @@ log = logging.getLogger(__name__)
 WORKER_LOCK = 726003
 
 
-async def run_once(hub: HubState) -> int | None:
-    """One maintenance tick; None when another worker holds the lock."""
+@dataclass(frozen=True)
+class TickReport:
+    """What one maintenance tick did."""
+
+    failed_leases: int  # tasks failed because their last lease ran out
+    imaging_refreshes: int  # get_imaging_status tasks queued
+
+
+async def _won(db: AsyncSession) -> bool:
+    return bool(await db.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": WORKER_LOCK}))
+
+
+async def run_once(hub: HubState) -> TickReport | None:
+    """One maintenance tick; None when another worker holds the lock.
+
+    Each job runs in its own transaction (taking the lock again), so that one failing does not undo the other.
+    """
     async with transaction(hub.sessions) as db:
-        if not await db.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": WORKER_LOCK}):
+        if not await _won(db):
             return None
         failed = await fail_exhausted_leases(db)
+    async with transaction(hub.sessions) as db:
+        refreshed = await refresh_statuses(db, hub) if await _won(db) else 0
     if failed:
         log.info("failed tasks whose leases ran out", extra={"tasks": failed})
-    return failed
+    if refreshed:
+        log.info("asked trusts for imaging status", extra={"tasks": refreshed})
+    return TickReport(failed, refreshed)
 
 
 async def run_worker(hub: HubState, interval_s: float) -> None:

@@ -56,9 +56,10 @@ class World:
     access_request: uuid.UUID
     task: uuid.UUID  # a task of trust1, leased by trust1's agent
     lease_token: str
+    imaging: uuid.UUID | None = None  # owned by OWNER, VIEWER a member, approved at trust1 (only when asked for)
 
 
-async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser) -> World:
+async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser, *, imaging: bool = False) -> World:
     tag = uuid.uuid4().hex[:6].upper()
     t1, t2 = [await register_test_trust(hub, f"T{i}{tag}", name=f"T{i} {tag}") for i in (1, 2)]
     viewer = await make_user(RoleName.VIEWER)
@@ -106,9 +107,31 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser)
     async with hub.sessions() as s:
         request_id = await s.scalar(select(AccessRequest.id).where(AccessRequest.email == email))
     assert request_id is not None
+    imaging_project = None
+    if imaging:
+        # An imaging project approved at trust1 by its Trust Admin (an approval queues work at trust1, so
+        # this comes before the ping below is leased).
+        r = await client.post(
+            "/api/projects",
+            headers=owner.headers,
+            json={"name": f"imaging {tag}", "has_imaging": True, "member_ids": [str(viewer.id)]},
+        )
+        assert r.status_code == 201, r.text
+        imaging_project = uuid.UUID(r.json()["id"])
+        await ready_cohort(client, owner.headers, imaging_project, t1)
+        r = await client.post(
+            f"/api/projects/{imaging_project}/stage", headers=owner.headers, json={"trust_ids": [str(t1.id)]}
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            f"/api/projects/{imaging_project}/trusts/{t1.id}/decision",
+            headers=trust_admin.headers,
+            json={"decision": "APPROVED"},
+        )
+        assert r.status_code == 200, r.text
     async with transaction(hub.sessions) as s:
         task = await enqueue_task(s, hub, t1.trust, TaskType.PING, {"message": "matrix"})
-    r = await client.post("/api/trust/tasks/lease", headers=headers[Caller.TRUST_KEY], json={})
+    r = await client.post("/api/trust/tasks/lease", headers=headers[Caller.TRUST_KEY], json={"types": ["ping"]})
     assert r.status_code == 200, r.text
     (leased,) = r.json()["tasks"]
     return World(
@@ -125,6 +148,7 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser)
         request_id,
         task.id,
         leased["lease_token"],
+        imaging_project,
     )
 
 
@@ -138,6 +162,7 @@ class Row:
     build: Callable[[World, Caller], Request]
     allowed: frozenset[Caller]
     label: str = ""
+    imaging: bool = False  # the world needs the approved imaging project
 
 
 def row(
@@ -146,8 +171,10 @@ def row(
     allowed: set[Caller],
     build: Callable[[World, Caller], Request] | None = None,
     label: str = "",
+    *,
+    imaging: bool = False,
 ) -> Row:
-    return Row(method, path, build or (lambda w, c: (method, path, None)), frozenset(allowed), label)
+    return Row(method, path, build or (lambda w, c: (method, path, None)), frozenset(allowed), label, imaging)
 
 
 ADMIN_ONLY = {Caller.ADMIN}
@@ -430,6 +457,28 @@ MATRIX: list[Row] = [
         lambda w, c: ("POST", f"/api/projects/{w.staged}/trusts/{w.trust2}/decision", {"decision": "DECLINED"}),
         "trust without Trust Admins: the hub admin decides",
     ),
+    # imaging
+    row(
+        "GET",
+        P + "/imaging",
+        {Caller.VIEWER, Caller.OWNER, Caller.ADMIN, Caller.TRUST_ADMIN},
+        lambda w, c: ("GET", f"/api/projects/{w.imaging}/imaging", None),
+        imaging=True,
+    ),
+    row(
+        "POST",
+        P + "/imaging/reimport",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("POST", f"/api/projects/{w.imaging}/imaging/reimport", None),
+        imaging=True,
+    ),
+    row(
+        "DELETE",
+        P + "/imaging",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("DELETE", f"/api/projects/{w.imaging}/imaging", None),
+        imaging=True,
+    ),
     # audit
     row("GET", "/api/audit", ADMIN_ONLY),
     row("GET", "/api/audit/export", ADMIN_ONLY, lambda w, c: ("GET", "/api/audit/export?format=csv", None)),
@@ -460,7 +509,7 @@ DENIED = {401, 403, 404}
 
 @pytest.mark.parametrize("entry", MATRIX, ids=lambda r: f"{r.method} {r.path} {r.label}".strip())
 async def test_route_role_matrix(entry: Row, hub: HubState, client: httpx.AsyncClient, make_user: MakeUser) -> None:
-    world = await arrange(hub, client, make_user)
+    world = await arrange(hub, client, make_user, imaging=entry.imaging)
     failures = []
     for caller in Caller:
         if caller in entry.allowed:
@@ -471,7 +520,7 @@ async def test_route_role_matrix(entry: Row, hub: HubState, client: httpx.AsyncC
             failures.append(f"{caller}: expected refusal, got {r.status_code} {r.text[:120]}")
     for caller in sorted(entry.allowed):
         if entry.method != "GET":
-            world = await arrange(hub, client, make_user)
+            world = await arrange(hub, client, make_user, imaging=entry.imaging)
         method, url, body = entry.build(world, caller)
         r = await client.request(method, url, headers=world.headers[caller], json=body)
         if not 200 <= r.status_code < 300:

@@ -152,9 +152,12 @@ def _wait_for_interrupt(ctx: DemoContext) -> ExitCode:
 def _final_line(summary: dict[str, Any]) -> str:
     project, audit, cohort = summary.get("project", {}), summary.get("audit", {}), summary.get("cohort", {})
     decided = ", ".join(f"{d['trust']} ({d['decided_as']})" for d in project.get("decisions", []))
+    imaging = summary.get("imaging", {}).get("trusts", {})
+    ready = ", ".join(f"{code} {(t['by_state']['READY'].get('value') or '<10')}" for code, t in sorted(imaging.items()))
     return (
         f"Demo finished in {summary['duration_s']} s: cohort of {cohort.get('total')} persons across trusts; "
         f"project {project.get('project_status')} at {decided} with frozen cohorts; "
+        f"imaging READY for {ready or 'no'} patients; "
         f"{audit.get('entries')} audit entries, chain intact."
     )
 
@@ -233,9 +236,11 @@ def demo(exit_when_done: bool, summary_path: Path | None, port: int | None, stat
     """Walk through FLIP end to end on embedded defaults.
 
     Starts PostgreSQL and the hub on loopback, creates a hub admin, a researcher and a Trust Admin,
-    registers two trusts, signs everyone in with MFA, then has the researcher create and stage a project
-    that one trust's own admin and the hub admin (for the other trust) approve. Finishes by verifying
-    the audit chain. Exit 1 if any phase fails.
+    registers three trusts, each with synthetic OMOP data, a data-access-api, a seeded PACS, an
+    imaging-api and an agent, and signs everyone in with MFA.  The researcher runs a cohort query at
+    every trust (gated counts), stages a project that one trust's own admin and the hub admin (for
+    another trust) approve, and approves an imaging project whose studies each trust imports from its
+    PACS.  Finishes by verifying the audit chain.  Exit 1 if any phase fails.
     """
     code = run_demo(DemoOptions(exit_when_done, summary_path, port, state_dir))
     if code is not ExitCode.OK:

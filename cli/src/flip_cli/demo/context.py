@@ -53,6 +53,8 @@ class DemoTrust:
     kit_path: Path | None = None
     kit: TrustKit | None = None
     data_access_url: str | None = None
+    imaging_url: str | None = None
+    pacs_accessions: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> uuid.UUID:

@@ -3,15 +3,18 @@
 Seeding (users, trusts, kits) happens in-process through the hub's services, as an operator would
 with ``flip admin``; everything a user or a trust does afterwards goes through the REST API of the
 hub child process, so the walkthrough exercises the product exactly as it ships.  Later phases
-(cohort, imaging, training) slot into :data:`PHASES` between ``project`` and ``audit``.
+(training) slot into :data:`PHASES` between ``imaging`` and ``audit``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,9 +28,21 @@ from flip_cli.database import HubDatabase
 from flip_cli.demo.client import HubClient
 from flip_cli.demo.context import DemoContext, DemoTrust, DemoUser, Phase, PhaseResult
 from flip_cli.demo.errors import DemoError
-from flip_cli.demo.processes import DataAccessProcess, HubProcess, TrustAgentProcess, child_environment, free_port
+from flip_cli.demo.processes import (
+    DataAccessProcess,
+    HubProcess,
+    ImagingProcess,
+    TrustAgentProcess,
+    child_environment,
+    free_port,
+)
 from flip_cli.kits import write_kit
+from flip_core.contract import INTERNAL_KEY_HEADER
 from flip_core.embedded_pg import EmbeddedPostgres
+from flip_imaging.embedded_pacs import EmbeddedPacs
+from flip_imaging.pacs import PacsClient
+from flip_imaging.synthetic import write_study
+from flip_omop import get_profile, image_occurrences
 from flip_omop.loader import load_synthetic
 from flip_omop.schema import create_readonly_role
 
@@ -85,7 +100,12 @@ def start_hub(ctx: DemoContext) -> PhaseResult:
     url = f"http://127.0.0.1:{port}"
     hub = HubProcess(
         port=port,
-        env=child_environment(database_url=ctx.database_url, state_dir=ctx.state_dir, public_url=url),
+        env={
+            **child_environment(database_url=ctx.database_url, state_dir=ctx.state_dir, public_url=url),
+            # The walkthrough follows imports live: the worker asks trusts for their status every second.
+            "FLIP_WORKER_INTERVAL_S": "1",
+            "FLIP_IMAGING_REFRESH_S": "1",
+        },
         log_path=ctx.state_dir / "logs" / "hub.log",
     )
     ctx.stack.callback(hub.stop)
@@ -247,8 +267,57 @@ def prepare_trust_data(ctx: DemoContext) -> PhaseResult:
             "rows": dict(summary.rows),
             "load_s": round(summary.seconds, 2),
             "data_access_pid": service.pid,
+            "imaging": _start_imaging(ctx, trust),
         }
     return {"trusts": loaded}
+
+
+PACS_MODALITY = "CT"
+PACS_ONLINE_SINCE = date(2024, 10, 1)
+"""The demo PACS holds each trust's CT studies from this date on (writing and storing every study of
+every year would take minutes); the imaging project's cohort query asks for exactly those."""
+
+
+def _start_imaging(ctx: DemoContext, trust: DemoTrust) -> dict[str, Any]:
+    """The trust's PACS (embedded, seeded with its synthetic CT studies) and its imaging-api."""
+    if trust.kit_path is None or trust.data_access_url is None:
+        raise DemoError(f"trust {trust.code} has no kit or data-access-api")
+    root = ctx.state_dir / "imaging" / trust.code
+    profile = get_profile(trust.profile)
+    started = time.monotonic()
+    studies = [
+        write_study(study, profile, DEMO_SEED, root / "studies")
+        for study in image_occurrences(profile, trust.persons, DEMO_SEED)
+        if study.modality == PACS_MODALITY and study.study_date >= PACS_ONLINE_SINCE
+    ]
+    pacs = EmbeddedPacs(root / "pacs", ae_title=f"{trust.code}_PACS")
+    pacs.start()
+    ctx.stack.callback(pacs.stop)
+    stored = PacsClient(pacs.host, pacs.port, pacs.ae_title, calling_ae_title="FLIPDEMO").store_folder(root / "studies")
+    ctx.say(
+        f"trust {trust.code}",
+        f"PACS {pacs.ae_title} on {pacs.host}:{pacs.port} seeded by C-STORE: {len(studies)} synthetic CT studies "
+        f"since {PACS_ONLINE_SINCE:%Y-%m-%d} ({stored} instances, PHI planted on purpose) in "
+        f"{time.monotonic() - started:.1f} s",
+    )
+    service = ImagingProcess(
+        kit=trust.kit_path,
+        state_dir=ctx.state_dir / "imaging-api" / trust.code,
+        port=free_port(),
+        pacs_port=pacs.port,
+        pacs_ae_title=pacs.ae_title,
+        data_access_url=trust.data_access_url,
+        labels=root / "studies",
+        env=child_environment(database_url="", state_dir=ctx.state_dir, public_url=ctx.hub_url),
+        log_path=ctx.state_dir / "logs" / f"imaging-{trust.code}.log",
+    )
+    ctx.stack.callback(service.stop)
+    service.start()
+    service.wait_healthy(HEALTH_TIMEOUT_S)
+    trust.imaging_url = service.url
+    trust.pacs_accessions = [s.accession for s in studies]
+    ctx.say(f"trust {trust.code}", f"imaging-api up at {service.url} (C-ECHO to its PACS answered)")
+    return {"pacs": f"{pacs.ae_title}@{pacs.host}:{pacs.port}", "studies": len(studies), "instances": stored}
 
 
 # ------------------------------------------------------------------------------------------- link
@@ -282,7 +351,11 @@ def link_trusts(ctx: DemoContext) -> PhaseResult:
         agent = TrustAgentProcess(
             kit=trust.kit_path,
             state_dir=ctx.state_dir / "agents" / trust.code,
-            env={**env, "FLIP_AGENT_DATA_ACCESS_URL": trust.data_access_url or ""},
+            env={
+                **env,
+                "FLIP_AGENT_DATA_ACCESS_URL": trust.data_access_url or "",
+                "FLIP_AGENT_IMAGING_URL": trust.imaging_url or "",
+            },
             log_path=ctx.state_dir / "logs" / f"agent-{trust.code}.log",
         )
         ctx.stack.callback(agent.stop)
@@ -502,6 +575,126 @@ def run_approvals(ctx: DemoContext) -> PhaseResult:
     return {"id": project_id, "project_status": status, "decisions": decisions, "snapshots": frozen_at}
 
 
+# ------------------------------------------------------------------------------------------ imaging
+
+IMAGING_SQL = """
+SELECT p.person_id, p.year_of_birth, p.gender_concept_id, i.accession_id, i.modality_source_value,
+       i.image_occurrence_date
+FROM person p
+JOIN image_occurrence i ON i.person_id = p.person_id
+WHERE i.modality_source_value = 'CT' AND i.image_occurrence_date >= DATE '2024-10-01'
+""".strip()
+"""The researcher's imaging cohort: recent CT studies, which is what each demo PACS holds (see above)."""
+
+
+def _imaging_line(status: dict[str, Any]) -> str:
+    by_state = status.get("by_state", {})
+    parts = [f"{state} {_count(by_state.get(state))}" for state in ("READY", "FAILED")]
+    reasons = ", ".join(f"{f['reason']} {_count(f['count'])}" for f in status.get("failures", []))
+    return f"{'; '.join(parts)}" + (f" (failures: {reasons})" if reasons else "") + " patients"
+
+
+def run_imaging(ctx: DemoContext) -> PhaseResult:
+    """An imaging project: approval imports each approving trust's studies from its PACS; the hub shows gated status."""
+    client = ctx.require_client()
+    researcher, trust_admin, admin = ctx.users[RESEARCHER], ctx.users[TRUST_ADMIN], ctx.users[ADMIN]
+    site, hub_decided = ctx.trusts[SITE_TRUST], ctx.trusts[HUB_TRUST]
+    name = "Demo: chest CT organ segmentation"
+    created = client.call(
+        "POST",
+        "/api/projects",
+        token=researcher.token,
+        json={
+            "name": name,
+            "description": "Created by `flip demo`: imaging import from each trust's PACS on approval.",
+            "has_imaging": True,
+            "dicom_to_nifti": True,
+        },
+        expect=(201,),
+    )
+    project_id = str(created["id"])
+    ctx.say(researcher.role, f"created imaging project {name!r} (DICOM to NIfTI) ({project_id})")
+    client.call("PUT", f"/api/projects/{project_id}/query", token=researcher.token, json={"sql": IMAGING_SQL})
+    client.call("POST", f"/api/projects/{project_id}/query/submit", token=researcher.token, expect=(202,))
+
+    def settled(body: Any) -> bool:
+        return all(t.get("state") not in {"queued", "running"} for t in body.get("trusts", []))
+
+    results = _poll(ctx, researcher.token, f"/api/projects/{project_id}/query/results", settled, "the imaging query")
+    counts = {row.get("trust_code"): row for row in results.get("trusts", [])}
+    for code in (site.code, hub_decided.code):
+        if counts.get(code, {}).get("state") != "done":
+            raise DemoError(f"the imaging cohort at {code} is {counts.get(code)}, expected a usable count")
+    ctx.say(
+        researcher.role,
+        "recent chest CT cohort: "
+        + ", ".join(f"{code} {_count(counts[code].get('record_count'))}" for code in (site.code, hub_decided.code)),
+    )
+    client.call(
+        "POST",
+        f"/api/projects/{project_id}/stage",
+        token=researcher.token,
+        json={"trust_ids": [str(site.id), str(hub_decided.id)]},
+    )
+    _decide(ctx, trust_admin, project_id, site, "SITE")
+    _decide(ctx, admin, project_id, hub_decided, "HUB")
+    ctx.say("hub", "each approval queued persist_cohort, then create_imaging depending on it")
+
+    started = time.monotonic()
+
+    def imported(body: Any) -> bool:
+        rows = body.get("trusts", [])
+        return len(rows) == 2 and all((r.get("status") or {}).get("complete") for r in rows)
+
+    imaging = _poll(ctx, researcher.token, f"/api/projects/{project_id}/imaging", imported, "the imaging import")
+    elapsed = time.monotonic() - started
+    per_trust: dict[str, Any] = {}
+    for row in imaging["trusts"]:
+        status = row["status"]
+        ctx.say(f"trust {row['trust_code']}", f"imaging import complete: {_imaging_line(status)}")
+        per_trust[row["trust_code"]] = {
+            "by_state": status["by_state"],
+            "failures": status["failures"],
+            "k": status["k"],
+        }
+    ready = per_trust[site.code]["by_state"]["READY"]
+    if ready.get("suppressed") or not ready.get("value"):
+        raise DemoError(f"no READY studies reported by {site.code}: {per_trust[site.code]}")
+    ctx.say(researcher.role, f"imports finished {elapsed:.1f} s after approval (counts are patients, gated at k)")
+    return {
+        "id": project_id,
+        "name": name,
+        "import_s": round(elapsed, 1),
+        "trusts": per_trust,
+        "trainer_fetch": _fetch_as_trainer(ctx, site, project_id),
+    }
+
+
+def _fetch_as_trainer(ctx: DemoContext, trust: DemoTrust, project_id: str) -> dict[str, Any]:
+    """What an FL trainer inside the trust does: fetch a study's NIfTI volume and mask by accession id."""
+    if trust.imaging_url is None or trust.kit is None:
+        raise DemoError(f"trust {trust.code} has no imaging-api")
+    headers = {INTERNAL_KEY_HEADER: trust.kit.internal_key}
+    with httpx.Client(base_url=trust.imaging_url, headers=headers, timeout=30) as http:
+        for accession in trust.pacs_accessions:
+            listing = http.get(f"/imaging/projects/{project_id}/studies/{accession}/nifti")
+            if listing.status_code == 200:
+                break
+        else:
+            raise DemoError(f"no imported study of {trust.code} could be listed")
+        volume = next(f for f in listing.json()["files"] if f["name"].endswith(".nii.gz"))
+        body = http.get(f"/imaging/projects/{project_id}/studies/{accession}/nifti/{volume['name']}").content
+        mask = http.get(f"/imaging/projects/{project_id}/studies/{accession}/mask/mask.nii.gz")
+    if hashlib.sha256(body).hexdigest() != volume["sha256"] or mask.status_code != 200:
+        raise DemoError(f"the trainer's download at {trust.code} did not match the study's manifest")
+    ctx.say(
+        f"trust {trust.code}",
+        f"a trainer inside the trust fetched a volume ({len(body) / 1024:.0f} KiB, sha256 checked) and its organ "
+        "mask by accession id; files are named by pseudonyms and nothing identifying is stored",
+    )
+    return {"bytes": len(body), "mask_bytes": len(mask.content)}
+
+
 # -------------------------------------------------------------------------------------------- audit
 
 
@@ -519,9 +712,10 @@ PHASES: list[Phase] = [
     Phase("hub", "Start PostgreSQL and the hub", start_hub),
     Phase("users", "Create users and sign them in with MFA", create_and_sign_in_users),
     Phase("trusts", "Register trusts and check their kits", register_trusts),
-    Phase("data", "Load each trust's OMOP data and start its data-access-api", prepare_trust_data),
+    Phase("data", "Each trust's OMOP data, data-access-api, seeded PACS and imaging-api", prepare_trust_data),
     Phase("link", "Start the trust agents and round-trip a task to each", link_trusts),
     Phase("cohort", "Create a project and run its cohort query at every trust", run_cohort_query),
     Phase("project", "Stage, approve, and freeze the cohort at each approving trust", run_approvals),
+    Phase("imaging", "Approve an imaging project; each trust imports its studies from its PACS", run_imaging),
     Phase("audit", "Verify the audit chain", verify_audit_chain),
 ]

@@ -164,6 +164,54 @@ class DataAccessProcess(ChildProcess):
         return self.wait_for_health(self.url, "/health", timeout_s, ready=lambda body: body.get("omop") == "healthy")
 
 
+class ImagingProcess(ChildProcess):
+    """``flip trust imaging serve``: one hospital's imaging-api on a loopback port, importing from its PACS."""
+
+    name = "imaging-api"
+
+    def __init__(
+        self,
+        *,
+        kit: Path,
+        state_dir: Path,
+        port: int,
+        pacs_port: int,
+        pacs_ae_title: str,
+        data_access_url: str,
+        labels: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+    ) -> None:
+        super().__init__(
+            args=[
+                "trust",
+                "imaging",
+                "serve",
+                "--kit",
+                str(kit),
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(port),
+                "--pacs-port",
+                str(pacs_port),
+                "--pacs-ae-title",
+                pacs_ae_title,
+                "--data-access-url",
+                data_access_url,
+                "--labels",
+                str(labels),
+            ],
+            env=env,
+            log_path=log_path,
+        )
+        self.url = f"http://{LOOPBACK}:{port}"
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Poll ``GET /health`` until the service, its PACS and its data-access-api answer."""
+        return self.wait_for_health(self.url, "/health", timeout_s, ready=lambda body: body.get("status") == "healthy")
+
+
 def child_environment(*, database_url: str, state_dir: Path, public_url: str) -> dict[str, str]:
     """The hub child's environment: ours, pointed at the demo's database and state dir."""
     env = dict(os.environ)

@@ -8,6 +8,7 @@ from flip_api.api.routes import (
     auth,
     cohorts,
     health,
+    imaging,
     projects,
     trust_machine,
     trusts,
@@ -23,4 +24,5 @@ api_router.include_router(trusts.router)
 api_router.include_router(trust_machine.router)
 api_router.include_router(projects.router)
 api_router.include_router(cohorts.router)
+api_router.include_router(imaging.router)
 api_router.include_router(audit.router)

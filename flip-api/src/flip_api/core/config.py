@@ -66,6 +66,9 @@ class HubSettings(FlipSettings):
     # The disclosure threshold the hub asks trusts for; each trust applies max(its own, this), so the hub
     # can raise a trust's threshold but never lower it.
     cohort_min_k: int = Field(DEFAULT_MIN_K, ge=1, le=MAX_K, validation_alias="FLIP_COHORT_MIN_K")
+    # How often the worker asks a trust for a fresh status of an imaging import that is not complete yet;
+    # a status older than 5x this is shown as stale ("last known").
+    imaging_refresh_s: float = Field(30.0, gt=0, le=86400, validation_alias="FLIP_IMAGING_REFRESH_S")
 
     @field_validator("state_dir")
     @classmethod

@@ -234,15 +234,21 @@ def _reset(row: CohortResult, task_id: uuid.UUID, min_k: int) -> None:
     row.received_at = None
 
 
-async def request_snapshot(db: AsyncSession, hub: HubState, project: Project, trust: Trust, *, actor: Actor) -> None:
-    """On a trust's approval: ask it to freeze the cohort of the query of record (``persist_cohort``)."""
+async def request_snapshot(
+    db: AsyncSession, hub: HubState, project: Project, trust: Trust, *, actor: Actor
+) -> TrustTask | None:
+    """On a trust's approval: ask it to freeze the cohort of the query of record (``persist_cohort``).
+
+    Returns the queued task (work that needs the frozen cohort, such as ``create_imaging``, depends on
+    it), or None when the project has no query of record and nothing was queued.
+    """
     query = await latest_query(db, project.id)
     if query is None:
         # Only a project staged before cohort queries existed can get here; say so rather than guess.
         await audit.record(
             db, actor, "cohort.snapshot_skipped", PROJECT_SUBJECT, project.id, {"trust_id": str(trust.id)}
         )
-        return
+        return None
     payload = PersistCohortPayload(
         project_id=project.id, query_id=query.id, version=query.version, sql=query.sql, min_k=hub.settings.cohort_min_k
     ).model_dump(mode="json")
@@ -257,3 +263,4 @@ async def request_snapshot(db: AsyncSession, hub: HubState, project: Project, tr
         project.id,
         {"trust_id": str(trust.id), "query_id": str(query.id), "version": query.version, "task_id": str(task.id)},
     )
+    return task

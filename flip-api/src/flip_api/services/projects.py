@@ -30,7 +30,7 @@ from flip_api.db.models import (
     TrustDecision,
     User,
 )
-from flip_api.services import audit, cohorts
+from flip_api.services import audit, cohorts, imaging
 from flip_api.services.audit import Actor
 from flip_api.services.project_access import (
     can_read,
@@ -160,25 +160,32 @@ async def update_project(
     return project
 
 
-async def delete_project(db: AsyncSession, principal: Principal, project_id: uuid.UUID) -> None:
-    """Soft-delete: the project disappears for everyone and its name becomes free again."""
+async def delete_project(db: AsyncSession, hub: HubState, principal: Principal, project_id: uuid.UUID) -> None:
+    """Soft-delete: the project disappears for everyone and its name becomes free again.
+
+    Trusts stop working on it: unfinished cohort tasks and imaging tasks not started yet are cancelled,
+    and every trust that approved an imaging project is asked to delete its images (``delete_imaging``).
+    """
     project = await load_project(db, project_id, lock=True)
     if project.owner_id != principal.id and not principal.has(Perm.DELETE_ANY_PROJECT):
         if await can_read(db, principal, project):
             raise Forbidden("only the owner or a hub administrator may delete this project", code="not_project_owner")
         raise project_not_found()
-    # A deleted project's questions need no answers: stop trusts from working on them.
-    await cohorts.cancel_pending(db, project.id, Actor.user(principal.id), "the project was deleted")
+    actor = Actor.user(principal.id)
+    # Every task to cancel is locked before the first audit entry (see the lock order in services/cohorts.py).
+    waiting_imaging = await imaging.lock_waiting_tasks(db, project.id) if project.has_imaging else []
+    await cohorts.cancel_pending(db, project.id, actor, "the project was deleted")
     project.deleted_at = _now()
     await db.flush()
     await audit.record(
         db,
-        Actor.user(principal.id),
+        actor,
         "project.deleted",
         SUBJECT,
         project.id,
         {"name": project.name, "status": project.status.value},
     )
+    await imaging.delete_for_deleted_project(db, hub, project, waiting_imaging, actor=actor)
 
 
 # --------------------------------------------------------------------------- members
@@ -293,8 +300,9 @@ async def on_trust_approved(db: AsyncSession, hub: HubState, project: Project, t
     """Called once for every trust approval, the first (which approves the project) and each later joiner.
 
     This is where a trust's participation begins, in the same transaction as the decision: it records
-    ``project.trust_joined`` and asks the trust to freeze its cohort (``persist_cohort`` with the query of
-    record).  The imaging work extends it with ``create_imaging`` for imaging projects.
+    ``project.trust_joined``, asks the trust to freeze its cohort (``persist_cohort`` with the query of
+    record) and, for an imaging project, to import its studies once the cohort is frozen
+    (``create_imaging``, which depends on the freeze).
     """
     await audit.record(
         db,
@@ -304,7 +312,9 @@ async def on_trust_approved(db: AsyncSession, hub: HubState, project: Project, t
         project.id,
         {"trust_id": str(trust.id), "trust_code": trust.code, "has_imaging": project.has_imaging},
     )
-    await cohorts.request_snapshot(db, hub, project, trust, actor=actor)
+    snapshot = await cohorts.request_snapshot(db, hub, project, trust, actor=actor)
+    if project.has_imaging:
+        await imaging.request_import(db, hub, project, trust, snapshot, actor=actor)
 
 
 async def decide(

@@ -31,7 +31,7 @@ from sqlalchemy.orm import aliased
 from flip_api.core.errors import Conflict, NotFound, Unprocessable
 from flip_api.core.state import HubState
 from flip_api.db.models import Trust, TrustTask
-from flip_api.services import audit, cohort_results
+from flip_api.services import audit, cohort_results, imaging_results
 from flip_api.services.audit import Actor
 from flip_api.services.task_notifier import CHANNEL
 from flip_api.services.trusts import payload_keyring
@@ -72,9 +72,16 @@ class ResultHook:
     finished: Callable[[AsyncSession, TrustTask, Actor], Awaitable[None]]
 
 
+_IMAGING_HOOK = ResultHook(imaging_results.accept_status, imaging_results.record_outcome)
+
 RESULT_HOOKS: dict[str, ResultHook] = {
     TaskType.COHORT_QUERY: ResultHook(cohort_results.accept_statistics, cohort_results.record_query_outcome),
     TaskType.PERSIST_COHORT: ResultHook(cohort_results.accept_snapshot, cohort_results.record_snapshot_outcome),
+    # Every imaging task answers with the same contract model, ImagingStatus.
+    TaskType.CREATE_IMAGING: _IMAGING_HOOK,
+    TaskType.GET_IMAGING_STATUS: _IMAGING_HOOK,
+    TaskType.REIMPORT_STUDIES: _IMAGING_HOOK,
+    TaskType.DELETE_IMAGING: _IMAGING_HOOK,
 }
 
 

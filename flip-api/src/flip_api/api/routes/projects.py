@@ -79,9 +79,9 @@ async def update_project(project_id: uuid.UUID, body: ProjectUpdate, user: Curre
 
 
 @router.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_project(project_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> Response:
-    """Soft-delete a project (owner or CAN_DELETE_ANY_PROJECT)."""
-    await projects.delete_project(db, user, project_id)
+async def delete_project(project_id: uuid.UUID, user: CurrentUser, hub: HubDep, db: SessionDep) -> Response:
+    """Soft-delete a project (owner or CAN_DELETE_ANY_PROJECT); approved trusts delete its images."""
+    await projects.delete_project(db, hub, user, project_id)
     await db.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

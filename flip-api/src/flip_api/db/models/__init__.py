@@ -15,6 +15,7 @@ from flip_api.db.models.identity import (
     User,
     UserRole,
 )
+from flip_api.db.models.imaging import ImagingImport
 from flip_api.db.models.projects import (
     DecidedAs,
     Project,
@@ -37,6 +38,7 @@ __all__ = [
     "CohortResultState",
     "CohortSnapshot",
     "DecidedAs",
+    "ImagingImport",
     "Permission",
     "PermissionScope",
     "Project",
