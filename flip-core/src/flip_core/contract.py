@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROTOCOL_VERSION = "1.0"
 PROTOCOL_HEADER = "X-Flip-Protocol"
@@ -93,3 +94,23 @@ class TrustKit(BaseModel):
             if key.startswith(KIT_ENV_PREFIX):
                 values[key[len(KIT_ENV_PREFIX) :].lower()] = value.strip().strip('"').strip("'")
         return cls.model_validate(values)
+
+
+class KitFileError(ValueError):
+    """A trust kit file that cannot be read or is not a valid kit; the message names the fix."""
+
+
+def read_kit_file(path: Path | None, setting: str) -> TrustKit:
+    """The trust kit at ``path``; ``setting`` names the environment variable that could have given it."""
+    if path is None:
+        raise KitFileError(f"no trust kit given: pass --kit FILE or set {setting}")
+    path = path.expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KitFileError(f"cannot read the trust kit {path}: {exc.strerror or exc}") from exc
+    try:
+        return TrustKit.from_env(text)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'kit'}: {e['msg']}" for e in exc.errors())
+        raise KitFileError(f"{path} is not a valid trust kit ({problems})") from exc

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
 from imaging_service_testing import (
     INTERNAL_KEY,
@@ -275,5 +276,34 @@ async def test_an_import_interrupted_by_a_crash_resumes_and_completes(
         assert status.by_state[StudyState.READY].value == world.persons
         assert service.ledger.get(project, taken[0].accession).attempts == 2  # retried, not failed
     finally:
+        await api.http.aclose()
+        await service.stop()
+
+
+async def test_a_study_without_pixel_data_fails_as_corrupt_and_the_others_import(
+    world: ImagingWorld, cohorts: CohortService, tmp_path: Path
+) -> None:
+    broken = world.studies[2]
+    world.pacs.delete_study(broken.study_uid)
+    stripped = tmp_path / "stripped"
+    stripped.mkdir()
+    for path in broken.instance_paths():
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        ds.save_as(stripped / path.name, enforce_file_format=True)
+    world.pacs_client().store_folder(stripped)
+    service = imaging_service(world, tmp_path / "imaging", cohorts)
+    await service.start()
+    api = Api(service)
+    try:
+        project = uuid.uuid4()
+        await approve(cohorts, project)
+        await api.http.post("/imaging/import", json=_import_body(project, nifti=True))
+        await api.until_complete(project)
+        assert service.ledger.get(project, broken.accession).reason is StudyFailure.CORRUPT
+        assert service.ledger.counts(project)[StudyState.READY] == STUDIES - 1
+    finally:
+        world.pacs.delete_study(broken.study_uid)
+        world.pacs_client().store_folder(broken.folder)
         await api.http.aclose()
         await service.stop()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
 from flip_core.cohort import DEFAULT_MIN_K, MAX_K
-from flip_core.contract import TrustKit
+from flip_core.contract import KitFileError, TrustKit, read_kit_file
 from flip_core.settings import FlipSettings, default_state_dir
 from flip_core.state_secret import StateSecretError, state_secret
 
@@ -61,14 +61,10 @@ def to_conninfo(url: str) -> str:
 
 def read_kit(path: Path | None) -> TrustKit:
     """The trust kit (for the internal key and the trust's code); errors name the fix."""
-    if path is None:
-        raise DataAccessConfigError("no trust kit given: pass --kit FILE or set FLIP_DATA_ACCESS_KIT_FILE")
     try:
-        return TrustKit.from_env(path.expanduser().read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataAccessConfigError(f"cannot read the trust kit {path}: {exc.strerror or exc}") from exc
-    except ValidationError as exc:
-        raise DataAccessConfigError(f"{path} is not a valid trust kit ({exc.error_count()} problems)") from exc
+        return read_kit_file(path, "FLIP_DATA_ACCESS_KIT_FILE")
+    except KitFileError as exc:
+        raise DataAccessConfigError(str(exc)) from exc
 
 
 def perturbation_seed(state_dir: Path) -> int:

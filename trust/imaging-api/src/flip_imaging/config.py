@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from flip_core.contract import TrustKit
+from flip_core.contract import KitFileError, TrustKit, read_kit_file
 from flip_core.settings import FlipSettings, default_state_dir
 from flip_core.state_secret import StateSecretError, state_secret
 
@@ -78,14 +78,10 @@ class ImagingSettings(FlipSettings):
 
 def read_kit(path: Path | None) -> TrustKit:
     """The trust kit (for the internal key and the trust's code); errors name the fix."""
-    if path is None:
-        raise ImagingConfigError("no trust kit given: pass --kit FILE or set FLIP_IMAGING_KIT_FILE")
     try:
-        return TrustKit.from_env(path.expanduser().read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ImagingConfigError(f"cannot read the trust kit {path}: {exc.strerror or exc}") from exc
-    except ValidationError as exc:
-        raise ImagingConfigError(f"{path} is not a valid trust kit ({exc.error_count()} problems)") from exc
+        return read_kit_file(path, "FLIP_IMAGING_KIT_FILE")
+    except KitFileError as exc:
+        raise ImagingConfigError(str(exc)) from exc
 
 
 def deid_secret(state_dir: Path) -> bytes:

@@ -11,9 +11,9 @@ import logging
 import stat
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 
-from flip_core.contract import TrustKit
+from flip_core.contract import KitFileError, TrustKit, read_kit_file
 from flip_core.settings import FlipSettings, default_state_dir
 from flip_core.tasks import DEFAULT_LEASE_S, MAX_LEASE_EXTENSION_S, MAX_LEASE_WAIT_S, TaskType
 from flip_trust_api.errors import KitError
@@ -80,19 +80,13 @@ class AgentSettings(FlipSettings):
 
 def load_kit(path: Path | None) -> TrustKit:
     """Read and validate a trust kit file; raises :class:`KitError` with an actionable message."""
-    if path is None:
-        raise KitError("no trust kit given: pass --kit FILE or set FLIP_AGENT_KIT_FILE")
-    path = path.expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
+        kit = read_kit_file(path, "FLIP_AGENT_KIT_FILE")
+        mode = path.expanduser().stat().st_mode if path is not None else 0
+    except KitFileError as exc:
+        raise KitError(str(exc)) from exc
     except OSError as exc:
         raise KitError(f"cannot read the trust kit {path}: {exc.strerror or exc}") from exc
-    try:
-        kit = TrustKit.from_env(text)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'kit'}: {e['msg']}" for e in exc.errors())
-        raise KitError(f"{path} is not a valid trust kit ({problems})") from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("the trust kit is readable by other users; it holds secret keys (chmod 600 it)")
     return kit
