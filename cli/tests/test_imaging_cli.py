@@ -1,10 +1,15 @@
-"""``flip trust imaging generate``: writes the OMOP dataset's studies, prints a summary, documented exit codes."""
+"""``flip trust imaging``: ``generate`` and ``seed`` (studies for a PACS), ``serve`` (the imaging-api), exit codes."""
 
 from __future__ import annotations
 
 import errno
+import signal
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from click.testing import CliRunner, Result
@@ -12,6 +17,8 @@ from click.testing import CliRunner, Result
 from flip_cli import imaging as imaging_cli
 from flip_cli.errors import ExitCode
 from flip_cli.imaging import imaging
+from flip_cli.kits import write_kit
+from flip_core.contract import TrustKit
 from flip_imaging.embedded_pacs import EmbeddedPacs
 from flip_omop import get_profile, image_occurrences
 
@@ -116,3 +123,63 @@ def test_seed_stores_generated_studies_into_a_pacs(tmp_path: Path) -> None:
     )
     assert result.exit_code == ExitCode.FAILURE
     assert "cannot seed the PACS" in result.output
+
+
+def _kit_file(tmp_path: Path) -> Path:
+    kit = TrustKit(
+        hub_url="https://hub.example.org",
+        trust_id=uuid.uuid4(),
+        trust_code="IMGS",
+        trust_name="Imaging Serve Trust",
+        api_key="flip_trust_" + "a" * 32,
+        payload_key_id="trust-imgs-1",
+        payload_key="b" * 44,
+        internal_key="flip_internal_" + "c" * 32,
+    )
+    return write_kit(tmp_path / "kit.env", kit)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "FLIP_IMAGING_PACS_PORT"),
+        (["--pacs-port", "11112", "--pacs-ae-title", "PACS"], "FLIP_IMAGING_DATA_ACCESS_URL"),
+    ],
+)
+def test_serve_without_its_pacs_or_data_access_api_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str], message: str
+) -> None:
+    for name in ("FLIP_IMAGING_PACS_PORT", "FLIP_IMAGING_PACS_AE_TITLE", "FLIP_IMAGING_DATA_ACCESS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    kit = _kit_file(tmp_path)
+    result = run("serve", "--kit", str(kit), "--state-dir", str(tmp_path / "state"), *extra)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert message in result.output
+    missing = run("serve", "--kit", str(tmp_path / "nope.env"), "--pacs-port", "1", "--pacs-ae-title", "P")
+    assert missing.exit_code == ExitCode.CONFIG
+    assert "cannot read the trust kit" in missing.output
+
+
+@pytest.mark.slow
+def test_serve_runs_checks_its_pacs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    kit = _kit_file(tmp_path)
+    with EmbeddedPacs(tmp_path / "pacs", ae_title="SERVEPACS") as pacs:
+        command = [
+            sys.executable, "-m", "flip_cli.main", "trust", "imaging", "serve", "--kit", str(kit),
+            "--state-dir", str(tmp_path / "state"), "--pacs-port", str(pacs.port), "--pacs-ae-title", "SERVEPACS",
+            "--data-access-url", "http://127.0.0.1:9",  # nothing there: health says degraded, not down
+        ]  # fmt: skip
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("imaging-api listening on: "), line
+            url = line.split(": ", 1)[1].strip()
+            health = httpx.get(f"{url}/health", timeout=10).json()
+            assert health == {**health, "status": "degraded", "pacs": "healthy", "data_access": "down"}
+            refused = httpx.post(f"{url}/imaging/status", json={"project_id": str(uuid.uuid4())}, timeout=10)
+            assert refused.status_code == 401
+            assert (tmp_path / "state" / "deid.key").stat().st_mode & 0o077 == 0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0

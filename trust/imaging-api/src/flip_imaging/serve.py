@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
 import socket
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from types import FrameType
 
 import uvicorn
 
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 ANNOUNCEMENT = "imaging-api listening on:"
 """Start of the stdout line giving the service's URL (its port is chosen at start when 0)."""
+
+
+def _stopped_by_uvicorn(signum: int, frame: FrameType | None) -> None:
+    log.info("imaging-api stopped", extra={"signal": signal.Signals(signum).name})
 
 
 def build_service(settings: ImagingSettings, deid_pool: Executor | None = None) -> tuple[ImagingService, str]:
@@ -74,6 +80,10 @@ def run(settings: ImagingSettings, *, announce: Callable[[str], None] = lambda l
                 log.info("imaging-api ready", extra={"url": f"http://{host}:{port}"})
             await serving
 
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it
+        # found: with this one in place the re-raise is a no-op, so a clean stop exits 0, not -15.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _stopped_by_uvicorn)
         asyncio.run(main())
     finally:
         pool.shutdown(cancel_futures=True)
