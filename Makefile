@@ -19,10 +19,11 @@ ensure-uv: ## install uv with pip when it is missing (pip itself from Debian pac
 		$(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv || \
 		$(PYTHON) -m pip install --quiet --break-system-packages uv; }
 
-system-deps: ## Debian packages for imaging (Orthanc + DICOMweb, dcm2niix): installed when root and missing
+system-deps: ## Debian packages for imaging (Orthanc + DICOMweb, dcm2niix + pigz): installed when root and missing
 	@missing=""; \
 	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc orthanc-dicomweb"; \
 	command -v dcm2niix >/dev/null 2>&1 || missing="$$missing dcm2niix"; \
+	command -v pigz >/dev/null 2>&1 || missing="$$missing pigz"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
@@ -62,5 +63,5 @@ bench-poll: install ## benchmark: task pickup latency and idle load, long-poll v
 bench-cohort: install ## benchmark: cohort statistics through the data-access-api vs the same SQL in psql (1 M persons)
 	$(UV) run python bench/cohort.py --persons $(or $(PERSONS),1000000)
 
-bench-imaging: install ## benchmark: PACS import (retrieve, de-identify, convert, store) vs dcm2niix alone (100 studies)
-	$(UV) run python bench/imaging.py --studies $(or $(STUDIES),100)
+bench-imaging: install ## benchmark: PACS import (retrieve, de-identify, convert, store) vs dcm2niix alone (16 clinical-size studies)
+	$(UV) run python bench/imaging.py --studies $(or $(STUDIES),16) --size $(or $(SIZE),clinical)

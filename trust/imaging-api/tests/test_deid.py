@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,8 +28,11 @@ from deid_testing import (
 )
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
+from pynetdicom.dsutils import decode
 
 from flip_imaging.deid import ACTIONS, Action, Deidentifier, DeidError
 from flip_imaging.nifti import SIDECAR_KEYS, ConvertedSeries, convert_to_nifti
@@ -210,6 +215,43 @@ def test_dataset_returns_a_copy(tmp_path: Path) -> None:
     assert out.PatientName != before
     assert "RequestAttributesSequence" in original
     assert "RequestAttributesSequence" not in out
+
+
+def _as_received(path: Path) -> Dataset:
+    """The instance as a C-GET hands it over: the data set decoded on its own, file meta from the context."""
+    original = pydicom.dcmread(path)
+    encoded = DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, False
+    write_dataset(encoded, original)
+    ds = decode(io.BytesIO(encoded.getvalue()), False, True, False)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = original.file_meta.TransferSyntaxUID
+    return ds
+
+
+def test_a_received_instance_is_written_as_its_file_would_be_with_its_checksum(tmp_path: Path) -> None:
+    series = build_series("CT", series_no=1, slices=3)
+    write_series(series, tmp_path / "src")
+    deid = Deidentifier(SECRET)
+    from_files = {p.name: p.read_bytes() for p in (deid.file(path, tmp_path / "files") for path in series.paths)}
+    for path in series.paths:
+        written = deid.write(_as_received(path), tmp_path / "received", series_folders=True)
+        assert written.series_uid == deid.uid(series.series_uid)
+        assert written.path.parent == tmp_path / "received" / written.series_uid
+        data = written.path.read_bytes()
+        assert data == from_files[written.path.name]  # byte for byte what de-identifying the file gives
+        assert (written.size, written.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert not phi_found(b"".join(p.read_bytes() for p in iter_files(tmp_path / "received")))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_uid_that_is_not_a_safe_file_name_is_refused(tmp_path: Path) -> None:
+    # UIDs under the standard's own root are kept as they are, so they must still be checked before use.
+    ds = build_series("CT", slices=1).datasets[0]
+    ds.SOPInstanceUID = "1.2.840.10008.9/../../escaped"
+    with pytest.raises(DeidError, match="malformed SOP Instance UID"):
+        Deidentifier(SECRET).write(ds, tmp_path / "out")
+    assert not list(tmp_path.rglob("*escaped*"))
 
 
 def test_action_table_covers_the_profile_attributes() -> None:

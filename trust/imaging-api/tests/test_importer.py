@@ -4,19 +4,22 @@ NIfTI volumes out, bad accessions failing with a reason while the others proceed
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from flip_core.imaging import StudyFailure, StudyState
 from flip_imaging.deid import Deidentifier
 from flip_imaging.embedded_pacs import EmbeddedPacs
-from flip_imaging.importer import StudyImporter
+from flip_imaging.importer import StageTimes, StudyImporter
 from flip_imaging.pacs import PacsClient
 from flip_imaging.store import ImageStore
 from flip_imaging.studies import StudyLedger
@@ -122,3 +125,40 @@ async def test_a_broken_label_fails_its_study_as_corrupt_and_others_proceed(
     assert importer.ledger.counts(PROJECT)[StudyState.READY] == STUDIES - 1
     assert importer.store.files(PROJECT, importer.study_key(accessions[1]), "mask") == []
     assert importer.store.files(PROJECT, importer.study_key(accessions[2]), "mask")
+
+
+async def test_retrieving_in_worker_processes_gives_the_same_study_and_stages_are_timed(
+    pacs: tuple[EmbeddedPacs, PacsClient], tmp_path: Path
+) -> None:
+    _, client = pacs
+    accession = next(iter(image_occurrences(get_profile(PROFILE), PERSONS, SEED))).accession_id
+    inline = _importer(tmp_path / "inline", client)
+    await inline.run(PROJECT, [accession], to_nifti=True)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        pooled = _importer(tmp_path / "pooled", client)
+        pooled.deid_pool, pooled.stage_times = pool, StageTimes()
+        await pooled.run(PROJECT, [accession], to_nifti=True)
+
+    key = inline.study_key(accession)
+    assert pooled.ledger.get(PROJECT, accession).state is StudyState.READY
+    assert pooled.store.verify(PROJECT, key) == inline.store.verify(PROJECT, key)  # same files, same bytes
+    assert set(pooled.stage_times.seconds) == {"find", "retrieve", "deid", "convert", "store"}
+    assert all(seconds >= 0 for seconds in pooled.stage_times.seconds.values())
+
+
+async def test_an_instance_that_must_not_leave_fails_its_study_as_corrupt(
+    pacs: tuple[EmbeddedPacs, PacsClient], tmp_path: Path
+) -> None:
+    _, client = pacs
+    extra = write_studies(get_profile(PROFILE), PERSONS, SEED, tmp_path / "extra", limit=STUDIES + 1)[-1]
+    burned = extra.instance_paths()[len(extra.instance_paths()) // 2]
+    ds = pydicom.dcmread(burned)
+    ds.BurnedInAnnotation = "YES"  # text in the pixels: the basic profile cannot clean it
+    ds.save_as(burned, enforce_file_format=True)
+    client.store_folder(extra.folder)
+    importer = _importer(tmp_path, client)
+    await importer.run(PROJECT, [extra.accession], to_nifti=False)
+
+    assert importer.ledger.get(PROJECT, extra.accession).reason is StudyFailure.CORRUPT
+    assert importer.store.studies(PROJECT) == []
+    assert not list((tmp_path / "state" / "images").glob(".staging-*"))

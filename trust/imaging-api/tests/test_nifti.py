@@ -124,6 +124,27 @@ def test_failing_dcm2niix_reports_exit_code(tmp_path: Path) -> None:
     assert "secret-file" not in str(excinfo.value)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_a_damaged_volume_is_refused(tmp_path: Path, damage: str) -> None:
+    dicom_dir = _deidentified(build_series("CT", slices=4, rows=32, cols=32), tmp_path)
+    good = convert_to_nifti(dicom_dir, tmp_path / "good", timeout_s=30, name="good").nifti.path.read_bytes()
+    bad = bytearray(good[:-20] if damage == "truncated" else good)
+    if damage == "corrupted":
+        bad[len(bad) // 2] ^= 0xFF  # inside the deflate stream: the gzip CRC no longer matches
+    (tmp_path / "bad.nii.gz").write_bytes(bytes(bad))
+    # A stand-in that "converts" by writing the damaged volume where dcm2niix would.
+    damaging = tmp_path / "dcm2niix-damages"
+    damaging.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift;; -f) name="$2"; shift;; esac; shift; done\n'
+        f'cp "{tmp_path}/bad.nii.gz" "$out/$name.nii.gz" && echo "{{}}" > "$out/$name.json"\n'
+    )
+    damaging.chmod(damaging.stat().st_mode | stat.S_IXUSR)
+    with pytest.raises(ConversionError, match=r"truncated|unreadable"):
+        convert_to_nifti(dicom_dir, tmp_path / "out", timeout_s=30, name="bad", dcm2niix=str(damaging))
+    assert not list((tmp_path / "out").glob("bad.*"))
+
+
 @pytest.mark.parametrize("name", ["%n_%i", "../escape", "", "a" * 65, "has space"])
 def test_output_name_must_be_plain(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConversionError, match="output name"):

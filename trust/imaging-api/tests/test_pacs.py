@@ -26,6 +26,7 @@ from pynetdicom import AE, evt
 
 from flip_imaging.embedded_pacs import EmbeddedPacs
 from flip_imaging.pacs import (
+    TRANSFER_SYNTAXES,
     AmbiguousAccession,
     InvalidAccession,
     InvalidUid,
@@ -169,6 +170,12 @@ def test_ambiguous_accession(pacs: PacsUnderTest, tmp_path: Path) -> None:
     assert caught.value.code == "ambiguous_accession"
 
 
+@pytest.mark.parametrize("max_pdu", [-1, 1, 4095, 2**32])
+def test_max_pdu_is_zero_or_a_plausible_size(max_pdu: int) -> None:
+    with pytest.raises(ValueError, match="max_pdu"):
+        PacsClient("127.0.0.1", 104, PACS_AE, calling_ae_title=CLIENT_AE, max_pdu=max_pdu)
+
+
 @pytest.mark.parametrize("accession", ["", "   ", "*", "A*", "A?C", "ACC\\OTHER", "ACC\n1", "12345678901234567"])
 def test_refused_accessions_are_never_sent(accession: str) -> None:
     # Port 9 has no PACS: reaching the network would raise PacsUnavailable, not InvalidAccession.
@@ -208,6 +215,41 @@ def test_retrieve_every_instance(pacs: PacsUnderTest, tmp_path: Path) -> None:
         assert got.StudyInstanceUID == study.study_uid
         assert got.AccessionNumber == accession
         assert got.pixel_array.tolist() == want.pixel_array.tolist()
+
+
+def test_retrieve_into_a_sink_writes_nothing_and_hands_over_every_instance(pacs: PacsUnderTest, tmp_path: Path) -> None:
+    accession = new_accession()
+    study = seed_study(pacs, tmp_path / "src", accession=accession, series=2, instances=2)
+    client = pacs.client()
+    match = pacs.call(client.find_study, accession)
+    taken: list[Dataset] = []
+
+    result = pacs.call(client.retrieve, match.study_uid, tmp_path / "dest", sink=taken.append)
+
+    assert (result.received, result.failed, result.status, result.files) == (4, 0, 0x0000, ())
+    assert not (tmp_path / "dest").exists()
+    assert sorted(ds.SOPInstanceUID for ds in taken) == sorted(study.sop_uids)
+    originals = {dcmread(p).SOPInstanceUID: dcmread(p) for p in study.paths}
+    for ds in taken:
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.file_meta.TransferSyntaxUID in TRANSFER_SYNTAXES
+        assert ds.PixelData == originals[ds.SOPInstanceUID].PixelData
+
+
+def test_a_failing_sink_refuses_the_rest_and_its_error_is_raised(pacs: PacsUnderTest, tmp_path: Path) -> None:
+    accession = new_accession()
+    seed_study(pacs, tmp_path / "src", accession=accession, instances=3)
+    client = pacs.client()
+    match = pacs.call(client.find_study, accession)
+    calls: list[str] = []
+
+    def broken(ds: Dataset) -> None:
+        calls.append(str(ds.SOPInstanceUID))
+        raise ValueError("cannot take this one")
+
+    with pytest.raises(ValueError, match="cannot take this one"):
+        pacs.call(client.retrieve, match.study_uid, tmp_path / "dest", sink=broken)
+    assert len(calls) == 1  # the others were refused without being handed over
 
 
 def test_retrieve_unknown_study(pacs: PacsUnderTest, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def test_reimport_replaces_the_study_in_one_move(tmp_path: Path) -> None:
     store.commit(PROJECT, "S", _stage(store, b"second"))
     assert store.file(PROJECT, "S", "dicom/1.2.3.dcm").read_bytes() == b"second"
     assert not list(store.root.glob(".staging-*"))
+
+
+def test_checksums_taken_while_writing_are_used_and_the_rest_are_hashed(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "images")
+    staged = _stage(store)
+    dicom, nifti = staged / "dicom" / "1.2.3.dcm", staged / "nifti" / "series.nii.gz"
+    # A writer's checksum is believed while the size still matches; a stale one (size changed) is not.
+    manifest = store.commit(PROJECT, "S", staged, checksums={dicom: (4, "a" * 64), nifti: (5, "b" * 64)})
+    assert manifest.files["dicom/1.2.3.dcm"] == (4, "a" * 64)
+    assert manifest.files["nifti/series.nii.gz"] == (9, hashlib.sha256(b"niftiDICM").hexdigest())
+    # Verifying reads every file again, so a wrong checksum from a writer cannot hide.
+    with pytest.raises(DamagedStudy):
+        store.verify(PROJECT, "S")
 
 
 def test_damage_is_detected_and_not_served(tmp_path: Path) -> None:

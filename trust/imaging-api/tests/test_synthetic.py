@@ -13,8 +13,10 @@ from imaging_testing import dcm2niix, read_series
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from flip_imaging.synthetic import (
+    CLINICAL_SIZES,
     MASK_FILE,
     SyntheticStudy,
+    VolumeSize,
     phi_values,
     scanner_for,
     sop_instance_uid,
@@ -262,3 +264,41 @@ def test_an_accession_that_is_not_a_safe_folder_name_is_refused(tmp_path: Path, 
     with pytest.raises(ValueError, match="folder name"):
         write_study(study, profile, 1, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bigger_volume_samples_the_same_field_of_view_more_finely(tmp_path: Path) -> None:
+    profile = get_profile("south")
+    study = next(s for s in image_occurrences(profile, 40, 1) if s.modality == "CT" and s.lesion)
+    size = VolumeSize(matrix=96, slices=36)
+    small = write_study(study, profile, 1, tmp_path / "small")
+    big = write_study(study, profile, 1, tmp_path / "big", size=size)
+    grid, default = big.phantom.grid, small.phantom.grid
+    assert grid.shape == (36, 96, 96)
+    assert big.n_instances == 36
+    assert grid.columns * grid.pixel_spacing_mm == pytest.approx(default.columns * default.pixel_spacing_mm, abs=0.01)
+    assert grid.slices * grid.slice_spacing_mm == pytest.approx(default.slices * default.slice_spacing_mm, abs=0.01)
+    # The same anatomy, only sampled more finely: organ and lesion where they were.
+    assert big.phantom.organ_centre_mm == small.phantom.organ_centre_mm
+    assert big.phantom.lesion_radius_mm == small.phantom.lesion_radius_mm
+    instances, volume = read_series(big)
+    assert volume.shape == grid.shape
+    assert [float(v) for v in instances[0].PixelSpacing] == [grid.pixel_spacing_mm] * 2
+    assert np.allclose(np.diff([float(ds.ImagePositionPatient[2]) for ds in instances]), grid.slice_spacing_mm)
+    lesion = big.phantom.lesion_voxel()
+    assert lesion is not None
+    assert volume[lesion] > np.median(volume[big.phantom.organ_mask()])
+    # dcm2niix puts it on the grid of the mask written alongside.
+    files = dcm2niix(big.folder, tmp_path / "nifti")
+    image, mask = nib.load(files[1]), nib.load(big.mask)
+    assert isinstance(image, nib.Nifti1Image)
+    assert isinstance(mask, nib.Nifti1Image)
+    assert image.shape == mask.shape == (96, 96, 36)
+    assert np.allclose(image.affine, mask.affine, atol=1e-3)
+
+
+def test_clinical_sizes_are_what_a_pacs_holds() -> None:
+    assert CLINICAL_SIZES["CT"] == VolumeSize(matrix=512, slices=160)
+    assert CLINICAL_SIZES["MR"].matrix == 256
+    for matrix, slices in ((4, 24), (64, 2), (2048, 24)):
+        with pytest.raises(ValueError, match="matrix"):
+            VolumeSize(matrix=matrix, slices=slices)

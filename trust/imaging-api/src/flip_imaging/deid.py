@@ -30,8 +30,10 @@ import copy
 import datetime as dt
 import hashlib
 import hmac
+import io
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -53,6 +55,7 @@ __all__ = [
     "KEEP_TEXT",
     "Action",
     "DeidError",
+    "DeidentifiedFile",
     "Deidentifier",
     "PseudonymKind",
 ]
@@ -60,6 +63,16 @@ __all__ = [
 
 class DeidError(Exception):
     """An instance that cannot (or must not) be de-identified; the message is safe to show (no PHI)."""
+
+
+@dataclass(frozen=True)
+class DeidentifiedFile:
+    """One de-identified instance as written: where, its (pseudonymised) series, and the bytes' checksum."""
+
+    path: Path
+    series_uid: str
+    sha256: str
+    size: int
 
 
 class Action(StrEnum):
@@ -312,6 +325,8 @@ _TEXT_VRS: Final[frozenset[str]] = frozenset({"PN", "LO", "SH", "LT", "ST", "UT"
 _BINARY_VRS: Final[frozenset[str]] = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW"})
 _PIXEL_DATA: Final = Tag(0x7FE0, 0x0010)
 _BURNED_IN_ANNOTATION: Final = Tag(0x0028, 0x0301)
+# What a written UID must look like: it becomes a file or folder name.
+_SAFE_UID: Final = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Well-known UIDs defined by the standard itself (SOP classes, transfer syntaxes, coding schemes).
 _DICOM_UID_ROOT: Final = "1.2.840.10008."
 
@@ -433,29 +448,52 @@ class Deidentifier:
         """De-identify a Part-10 file into ``dst_dir`` as ``<new SOP Instance UID>.dcm``; return its path."""
         try:
             ds = pydicom.dcmread(src)
-            for _ in ds.iterall():  # parse every element now, so corruption surfaces here as DeidError
-                pass
         except Exception as exc:  # pydicom raises many types on corrupt input; all mean "unreadable"
             # Messages never echo the path: PACS file and folder names can carry original UIDs or names.
             raise DeidError(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
-        if _PIXEL_DATA not in ds:
-            raise DeidError("no pixel data; only images are imported")
-        if "SOPInstanceUID" not in ds or "TransferSyntaxUID" not in ds.file_meta:
-            raise DeidError("missing SOP Instance UID or transfer syntax")
-        if not _pixel_data_complete(ds):
-            raise DeidError("pixel data shorter than Rows x Columns x frames says (truncated file?)")
+        return self.write(ds, dst_dir).path
+
+    def write(self, ds: Dataset, dst_dir: Path, *, series_folders: bool = False) -> DeidentifiedFile:
+        """De-identify an instance read from a file or received from a PACS, and write it as a Part-10 file.
+
+        ``ds`` must carry ``file_meta.TransferSyntaxUID`` (the syntax its elements are encoded in); it is
+        changed in place. The file is ``dst_dir/<new SOP Instance UID>.dcm``, or with ``series_folders``
+        ``dst_dir/<new Series Instance UID>/<new SOP Instance UID>.dcm``. The same checks as :meth:`file`
+        apply (readable, an image with complete pixel data, no burned-in annotation): :class:`DeidError`.
+        Returns where it went, with the sha256 and size of the bytes written, so nobody has to read it again.
+        """
+        _check_instance(ds)
         out = self._deidentified(ds, copy_first=False)
-        dst_dir.mkdir(parents=True, exist_ok=True)
-        dst = dst_dir / f"{out.SOPInstanceUID}.dcm"
-        # Write then rename, so a crash never leaves a half-written file under its final name.
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        if series_folders:
+            series_uid = str(out.get("SeriesInstanceUID", "") or "")
+            if not _SAFE_UID.fullmatch(series_uid):
+                raise DeidError("missing or malformed Series Instance UID")
+            dst_dir = dst_dir / series_uid
+        sop_uid = str(out.SOPInstanceUID)
+        if not _SAFE_UID.fullmatch(sop_uid):
+            raise DeidError("malformed SOP Instance UID")
+        buffer = io.BytesIO()
         try:
-            out.save_as(tmp, enforce_file_format=True)
-            tmp.replace(dst)
+            pydicom.dcmwrite(buffer, out, enforce_file_format=True)
         except Exception as exc:
+            raise DeidError(f"could not encode the de-identified instance ({type(exc).__name__})") from exc
+        encoded = buffer.getbuffer()
+        dst = dst_dir / f"{sop_uid}.dcm"
+        # Write then rename, so a crash never leaves a half-written file under its final name.
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            dst_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(encoded)
+            tmp.replace(dst)
+        except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise DeidError(f"could not write the de-identified file ({type(exc).__name__})") from exc
-        return dst
+        return DeidentifiedFile(
+            path=dst,
+            series_uid=str(out.get("SeriesInstanceUID", "") or ""),
+            sha256=hashlib.sha256(encoded).hexdigest(),
+            size=len(encoded),
+        )
 
     # --- the profile --------------------------------------------------------------------------------------
 
@@ -579,6 +617,22 @@ _METHOD_CODES: Final[tuple[tuple[str, str], ...]] = (
     ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     ("113108", "Retain Patient Characteristics Option"),
 )
+
+
+def _check_instance(ds: Dataset) -> None:
+    """Refuse what must not be de-identified: unreadable, not an image, incomplete pixel data (:class:`DeidError`)."""
+    try:
+        for _ in ds.iterall():  # parse every element now, so corruption surfaces here as DeidError
+            pass
+    except Exception as exc:  # pydicom raises many types on corrupt input; all mean "unreadable"
+        raise DeidError(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
+    if _PIXEL_DATA not in ds:
+        raise DeidError("no pixel data; only images are imported")
+    meta = getattr(ds, "file_meta", None)
+    if "SOPInstanceUID" not in ds or meta is None or "TransferSyntaxUID" not in meta:
+        raise DeidError("missing SOP Instance UID or transfer syntax")
+    if not _pixel_data_complete(ds):
+        raise DeidError("pixel data shorter than Rows x Columns x frames says (truncated file?)")
 
 
 def _pixel_data_complete(ds: Dataset) -> bool:

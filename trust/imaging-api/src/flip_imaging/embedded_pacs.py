@@ -28,12 +28,14 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from flip_imaging.pacs import (
+    DEFAULT_MAX_PDU,
     TRANSFER_SYNTAXES,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     Verification,
     disable_nagle,
     is_uid,
+    quiet_protocol_logging,
 )
 
 __all__ = ["EmbeddedPacs", "IndexedInstance"]
@@ -167,6 +169,7 @@ class EmbeddedPacs:
         if self._allowed_calling_aes:
             ae.require_calling_aet = self._allowed_calling_aes
         ae.maximum_associations = self._max_associations
+        ae.maximum_pdu_size = DEFAULT_MAX_PDU  # what we accept; seeding by C-STORE sends slices whole
         ae.add_supported_context(Verification)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
@@ -182,6 +185,7 @@ class EmbeddedPacs:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_GET, self._on_get),
         ]
+        quiet_protocol_logging()
         try:
             server = ae.start_server((LOOPBACK, self._requested_port), block=False, evt_handlers=handlers)
         except OSError:

@@ -3,26 +3,29 @@ several studies at once, every step recorded in the :class:`~flip_imaging.studie
 
 A study ends READY (its de-identified files, and NIfTI volumes when the project asked for them, are in
 the research store under a pseudonymous study key) or FAILED with a :class:`~flip_core.imaging.StudyFailure`
-reason; one bad study never stops the others.  Raw files from the PACS exist only in a staging folder
-inside the store and are deleted before the study is committed, so nothing identifying is ever stored.
+reason; one bad study never stops the others.  Instances from the PACS are de-identified as they arrive,
+in memory, and only the de-identified files are written (to a staging folder inside the store that becomes
+the study in one move), so nothing identifying ever reaches the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import logging
 import shutil
+import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
+from pydicom.dataset import Dataset
 
 from flip_core.imaging import StudyFailure, StudyState
-from flip_imaging.deid import Deidentifier, DeidError
+from flip_imaging.deid import DeidentifiedFile, Deidentifier, DeidError
 from flip_imaging.labels import MASK_NAME, BadMask, copy_mask, find_mask
 from flip_imaging.nifti import ConversionError, convert_to_nifti
 from flip_imaging.pacs import (
@@ -32,7 +35,6 @@ from flip_imaging.pacs import (
     PacsUnavailable,
     RetrieveFailed,
     StudyNotFound,
-    iter_dicom_files,
 )
 from flip_imaging.store import DamagedStudy, ImageStore
 from flip_imaging.studies import StudyLedger
@@ -49,6 +51,32 @@ class StudyFailed(Exception):
 
 
 @dataclass
+class StageTimes:
+    """Wall-clock seconds spent in each import stage, summed over studies (studies in flight at once add up).
+
+    Stages: ``find`` (C-FIND), ``retrieve`` (C-GET), ``deid``, ``convert`` (dcm2niix and its checks) and
+    ``store`` (label copy and checksummed commit). For benchmarks and operators; costs two clock reads a stage.
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to ``seconds[name]`` (from any thread)."""
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the time the ``with`` block takes to ``seconds[name]``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - started)
+
+
+@dataclass
 class StudyImporter:
     """Runs the import of one project's studies with at most ``parallel`` studies in flight."""
 
@@ -59,9 +87,15 @@ class StudyImporter:
     parallel: int = 4
     convert_timeout_s: float = 300.0
     deid_pool: Executor | None = None
-    """Worker processes for de-identification (CPU-bound Python: threads would share one core)."""
+    """Worker processes that retrieve and de-identify studies, one study per task (CPU-bound Python: threads
+    would share one core). Without it, that happens in the importer's own threads."""
     labels: Path | None = None
     """The trust's segmentation labels (``<accession>/mask.nii.gz``), attached to studies that have one."""
+    stage_times: StageTimes | None = None
+    """When set, every stage's duration is added to it (see :class:`StageTimes`)."""
+
+    def _stage(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self.stage_times.stage(name) if self.stage_times is not None else contextlib.nullcontext()
 
     def study_key(self, accession: str) -> str:
         """The pseudonymous name a study is stored under (the accession id itself never is)."""
@@ -95,60 +129,104 @@ class StudyImporter:
         return StudyState.READY
 
     def _import(self, project_id: uuid.UUID, accession: str, to_nifti: bool, staging: Path) -> None:
-        raw = staging / "raw"
-        try:
-            match = self.pacs.find_study(accession)
-            self.pacs.retrieve(match.study_uid, raw)
-        except InvalidAccession as exc:
-            raise StudyFailed(StudyFailure.INVALID_ACCESSION) from exc
-        except AmbiguousAccession as exc:
-            raise StudyFailed(StudyFailure.AMBIGUOUS) from exc
-        except StudyNotFound as exc:
-            raise StudyFailed(StudyFailure.NOT_FOUND) from exc
-        except PacsUnavailable as exc:
-            raise StudyFailed(StudyFailure.PACS_UNAVAILABLE) from exc
-        except RetrieveFailed as exc:
-            raise StudyFailed(StudyFailure.RETRIEVE_FAILED) from exc
-        series = self._deidentify(raw, staging / "dicom")
-        shutil.rmtree(raw)  # nothing identifying is left once de-identification succeeded
+        staging = staging.absolute()  # the same paths in a worker process, whatever its working directory
+        written = self._retrieve_deidentified(accession, staging / "dicom")
+        # Checksums of what we wrote, taken from the bytes as they were written: the store need not read them.
+        checksums = {f.path: (f.size, f.sha256) for f in written}
         if to_nifti:
             self.ledger.advance(project_id, accession, StudyState.CONVERTING)
-            for folder in series:
+            with self._stage("convert"):
+                for folder in sorted({f.path.parent for f in written}):
+                    try:
+                        converted = convert_to_nifti(
+                            folder, staging / "nifti", timeout_s=self.convert_timeout_s, name=folder.name
+                        )
+                    except ConversionError as exc:
+                        raise StudyFailed(StudyFailure.CONVERSION_FAILED) from exc
+                    checksums.update({f.path: (f.size, f.sha256) for f in converted.files})
+        with self._stage("store"):
+            if self.labels is not None and (mask := find_mask(self.labels, accession)) is not None:
                 try:
-                    convert_to_nifti(folder, staging / "nifti", timeout_s=self.convert_timeout_s, name=folder.name)
-                except ConversionError as exc:
-                    raise StudyFailed(StudyFailure.CONVERSION_FAILED) from exc
-        shutil.rmtree(staging / "deid", ignore_errors=True)
-        if self.labels is not None and (mask := find_mask(self.labels, accession)) is not None:
+                    copy_mask(mask, staging / "mask" / MASK_NAME)
+                except BadMask as exc:
+                    # A study whose label is broken would break training later: fail it now, with a reason.
+                    raise StudyFailed(StudyFailure.CORRUPT) from exc
             try:
-                copy_mask(mask, staging / "mask" / MASK_NAME)
-            except BadMask as exc:
-                # A study whose label is broken would break training later: fail it now, with a reason.
-                raise StudyFailed(StudyFailure.CORRUPT) from exc
-        try:
-            # Only dicom/, nifti/ and mask/ are left in the staging folder; it becomes the study in one move.
-            self.store.commit(project_id, self.study_key(accession), staging)
-        except DamagedStudy as exc:
-            raise StudyFailed(StudyFailure.INTERNAL_ERROR) from exc
+                # Only dicom/, nifti/ and mask/ are in the staging folder; it becomes the study in one move.
+                self.store.commit(project_id, self.study_key(accession), staging, checksums=checksums)
+            except DamagedStudy as exc:
+                raise StudyFailed(StudyFailure.INTERNAL_ERROR) from exc
 
-    def _deidentify(self, raw: Path, out: Path) -> list[Path]:
-        """De-identify every retrieved instance into ``out/<new series UID>/``; returns the series folders."""
-        files = list(iter_dicom_files(raw)) if raw.exists() else []
-        if not files:
-            raise StudyFailed(StudyFailure.RETRIEVE_FAILED)
-        scratch = out.parent / "deid"
+    def _retrieve_deidentified(self, accession: str, out: Path) -> list[DeidentifiedFile]:
+        """Find the study and C-GET it, de-identifying each instance into ``out/<new series UID>/`` as it arrives.
+
+        The PACS's originals exist only in memory, one instance at a time; only de-identified files are
+        written. With a ``deid_pool`` all of it runs in one of the pool's processes: receiving and
+        de-identifying are CPU-bound Python, and a process per study in flight keeps them from sharing one
+        interpreter lock, while no instance has to cross from one process to another.
+        """
+        if self.deid_pool is None:
+            outcome = retrieve_deidentified(self.pacs, self.deid, accession, out)
+        else:
+            outcome = self.deid_pool.submit(retrieve_deidentified, self.pacs, self.deid, accession, out).result()
+        if self.stage_times is not None:
+            for name, seconds in outcome.seconds.items():
+                self.stage_times.add(name, seconds)
+        if outcome.failure is not None:
+            raise StudyFailed(outcome.failure)
+        return list(outcome.files)
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What :func:`retrieve_deidentified` did: the files written, or why the study failed; seconds per stage."""
+
+    files: tuple[DeidentifiedFile, ...] = ()
+    failure: StudyFailure | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# Failures of finding, retrieving or de-identifying a study, and the reason each is reported with.
+_RETRIEVE_FAILURES: tuple[tuple[type[Exception], StudyFailure], ...] = (
+    (DeidError, StudyFailure.CORRUPT),
+    (InvalidAccession, StudyFailure.INVALID_ACCESSION),
+    (AmbiguousAccession, StudyFailure.AMBIGUOUS),
+    (StudyNotFound, StudyFailure.NOT_FOUND),
+    (PacsUnavailable, StudyFailure.PACS_UNAVAILABLE),
+    (RetrieveFailed, StudyFailure.RETRIEVE_FAILED),
+)
+
+
+def retrieve_deidentified(pacs: PacsClient, deid: Deidentifier, accession: str, out: Path) -> Retrieved:
+    """Find ``accession`` on the PACS and C-GET it, each instance de-identified into ``out`` as it arrives.
+
+    Runs in the importer's thread or in a worker process (everything it takes and returns pickles);
+    expected failures come back as a reason, anything else is raised.
+    """
+    written: list[DeidentifiedFile] = []
+    seconds = {"find": 0.0, "retrieve": 0.0, "deid": 0.0}
+
+    def deidentify(ds: Dataset) -> None:
+        started = time.perf_counter()
         try:
-            if self.deid_pool is not None:
-                written_files = list(self.deid_pool.map(self.deid.file, files, itertools.repeat(scratch)))
-            else:
-                written_files = [self.deid.file(path, scratch) for path in files]
-        except DeidError as exc:
-            raise StudyFailed(StudyFailure.CORRUPT) from exc
-        series: set[Path] = set()
-        for written in written_files:
-            series_uid = str(pydicom.dcmread(written, stop_before_pixels=True).SeriesInstanceUID)
-            folder = out / series_uid
-            folder.mkdir(parents=True, exist_ok=True)
-            written.rename(folder / written.name)
-            series.add(folder)
-        return sorted(series)
+            written.append(deid.write(ds, out, series_folders=True))
+        finally:
+            seconds["deid"] += time.perf_counter() - started
+
+    stage, started = "find", time.perf_counter()
+    try:
+        match = pacs.find_study(accession)
+        seconds["find"] = time.perf_counter() - started
+        stage, started = "retrieve", time.perf_counter()
+        pacs.retrieve(match.study_uid, out.parent / "raw", sink=deidentify)  # "raw" is never created
+    except Exception as exc:
+        for kind, reason in _RETRIEVE_FAILURES:
+            if isinstance(exc, kind):
+                return Retrieved(failure=reason, seconds=seconds)
+        raise
+    finally:
+        # The C-GET's time is less what de-identifying took meanwhile.
+        seconds[stage] = time.perf_counter() - started - (seconds["deid"] if stage == "retrieve" else 0.0)
+    if not written:
+        return Retrieved(failure=StudyFailure.RETRIEVE_FAILED, seconds=seconds)
+    return Retrieved(files=tuple(written), seconds=seconds)

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -24,7 +25,7 @@ from typing import Any, Final
 import nibabel as nib
 import numpy as np
 
-__all__ = ["SIDECAR_KEYS", "ConversionError", "ConvertedSeries", "WrittenFile", "convert_to_nifti"]
+__all__ = ["SIDECAR_KEYS", "ConversionError", "ConvertedSeries", "WrittenFile", "convert_to_nifti", "dcm2niix_command"]
 
 
 class ConversionError(Exception):
@@ -124,6 +125,8 @@ _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_DIM: Final = 4096
 _MAX_VOXELS: Final = 2**31
 _EXCERPT_CHARS: Final = 600
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS  # zlib with the gzip header and trailer
+_CHUNK: Final = 1 << 20
 _DCM2NIIX_EXIT_REASONS: Final[dict[int, str]] = {
     1: "unspecified error",
     2: "no DICOM images found",
@@ -135,6 +138,24 @@ _DCM2NIIX_EXIT_REASONS: Final[dict[int, str]] = {
     9: "rename error",
     10: "incompatible images",
 }
+
+
+def dcm2niix_command(executable: str, dicom_dir: Path, out_dir: Path, name: str) -> list[str]:
+    """The dcm2niix argument list :func:`convert_to_nifti` runs (benchmarks run the very same one)."""
+    return [
+        executable,
+        *("-z", "y"),  # gzip (pigz when installed, else built-in)
+        *("-b", "y", "-ba", "y"),  # BIDS sidecar, anonymised by dcm2niix as a first pass
+        *("-f", name),  # fixed name: never built from header fields
+        *("-o", str(out_dir)),
+        # Depth 1, not 0: depth 0 also switches dcm2niix to its single-threaded built-in gzip instead of pigz.
+        # Our series folders have no sub-folders, and a second series found anyway fails the one-volume check.
+        *("-d", "1"),
+        *("-g", "i"),  # ignore a ~/.dcm2nii.ini that could change the naming or sidecar options
+        *("-i", "n", "-x", "n", "-l", "o", "-v", "0"),
+        *("-w", "2"),  # name clashes get a suffix, so a folder holding two series shows up as two files
+        str(dicom_dir),
+    ]
 
 
 def convert_to_nifti(
@@ -160,18 +181,7 @@ def convert_to_nifti(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dcm2niix-", dir=out_dir) as staging_name:
         staging = Path(staging_name)
-        command = [
-            executable,
-            *("-z", "y"),  # gzip (pigz when installed, else built-in)
-            *("-b", "y", "-ba", "y"),  # BIDS sidecar, anonymised by dcm2niix as a first pass
-            *("-f", name),  # fixed name: never built from header fields
-            *("-o", str(staging)),
-            *("-d", "0"),  # the series folder only, no sub-folders
-            *("-g", "i"),  # ignore a ~/.dcm2nii.ini that could change the naming or sidecar options
-            *("-i", "n", "-x", "n", "-l", "o", "-v", "0"),
-            *("-w", "2"),  # name clashes get a suffix, so a folder holding two series shows up as two files
-            str(dicom_dir),
-        ]
+        command = dcm2niix_command(executable, dicom_dir, staging, name)
         log = _run(command, timeout_s=timeout_s, scrub={str(dicom_dir): dicom_dir.name, staging_name: out_dir.name})
         volumes = sorted(staging.glob("*.nii.gz"))
         if not volumes:
@@ -230,12 +240,20 @@ def _excerpt(output: bytes, scrub: dict[str, str]) -> str:
 
 
 def _check_volume(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Re-read the volume: 3-D, plausible size, finite values and spacing."""
+    """Re-read the volume: 3-D, plausible size, finite values and spacing, every byte of it there.
+
+    Integer voxels are always finite, so for them the file is only inflated end to end (which checks the
+    gzip CRC and length) and its length compared with what the header needs, rather than decoded into an
+    array; floating-point voxels are decoded and checked one by one.
+    """
     try:
         image: Any = nib.load(path)  # nibabel's load returns a broad union; we only need the NIfTI API
+        header = image.header
         shape = tuple(int(d) for d in image.shape)
-        zooms = tuple(float(z) for z in image.header.get_zooms())
-        data = np.asanyarray(image.dataobj)
+        zooms = tuple(float(z) for z in header.get_zooms())
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset())
+        slope, inter = header.get_slope_inter()
     except Exception as exc:
         raise ConversionError(f"NIfTI volume unreadable ({type(exc).__name__})") from exc
     if len(shape) != 3:
@@ -244,9 +262,47 @@ def _check_volume(path: Path) -> tuple[tuple[int, int, int], tuple[float, float,
         raise ConversionError(f"implausible volume shape {shape}")
     if not all(np.isfinite(z) and z > 0 for z in zooms[:3]):
         raise ConversionError(f"implausible voxel spacing {zooms}")
-    if np.issubdtype(data.dtype, np.floating) and not bool(np.isfinite(data).all()):
-        raise ConversionError("volume contains non-finite values")
+    if np.issubdtype(dtype, np.floating) or dtype.kind not in "iub":
+        try:
+            data = np.asanyarray(image.dataobj)
+        except Exception as exc:
+            raise ConversionError(f"NIfTI volume unreadable ({type(exc).__name__})") from exc
+        if np.issubdtype(data.dtype, np.floating) and not bool(np.isfinite(data).all()):
+            raise ConversionError("volume contains non-finite values")
+    else:
+        if _inflated_size(path) < offset + int(np.prod(shape)) * dtype.itemsize:
+            raise ConversionError("NIfTI volume is truncated")
+        # Scaled integers are finite exactly when the scaling keeps the type's extremes finite.
+        extremes = np.array([np.iinfo(dtype).min, np.iinfo(dtype).max], dtype=np.float64)
+        scaled = extremes * (1.0 if slope is None else slope) + (0.0 if inter is None else inter)
+        if not bool(np.isfinite(scaled).all()):
+            raise ConversionError("volume contains non-finite values")
     return (shape[0], shape[1], shape[2]), (zooms[0], zooms[1], zooms[2])
+
+
+def _inflated_size(path: Path) -> int:
+    """Bytes in a gzip file once inflated, streaming (nothing is kept); ConversionError if it is damaged.
+
+    zlib checks each member's CRC-32 and length as it reaches the member's end.
+    """
+    inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
+    total, pending = 0, b""
+    try:
+        with path.open("rb") as fh:
+            while True:
+                if not pending:
+                    pending = fh.read(_CHUNK)
+                    if not pending:
+                        break
+                if inflater.eof:  # another gzip member follows
+                    inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
+                total += len(inflater.decompress(pending, _CHUNK * 4))
+                pending = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+    except (OSError, zlib.error) as exc:
+        raise ConversionError(f"NIfTI volume unreadable ({type(exc).__name__})") from exc
+    if not inflater.eof:
+        raise ConversionError("NIfTI volume is truncated")
+    return total
 
 
 def _scrub_sidecar(path: Path) -> None:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +64,19 @@ class Manifest:
     files: dict[str, tuple[int, str]]
 
     @classmethod
-    def of(cls, folder: Path) -> Manifest:
+    def of(cls, folder: Path, known: Mapping[Path, tuple[int, str]] | None = None) -> Manifest:
+        """Every file under ``folder``, hashed; ``known`` holds ``(size, sha256)`` of files just written.
+
+        A file in ``known`` whose size on disk still matches is taken from it instead of being read again
+        (its writer hashed the very bytes it wrote); any other file is read and hashed.
+        """
         files: dict[str, tuple[int, str]] = {}
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.name != MANIFEST:
-                files[path.relative_to(folder).as_posix()] = (path.stat().st_size, _sha256(path))
+                size = path.stat().st_size
+                given = known.get(path) if known else None
+                digest = given[1] if given is not None and given[0] == size else _sha256(path)
+                files[path.relative_to(folder).as_posix()] = (size, digest)
         return cls(files)
 
     def to_json(self) -> str:
@@ -105,10 +114,21 @@ class ImageStore:
         folder.mkdir(mode=0o700)
         return folder
 
-    def commit(self, project_id: uuid.UUID, study_key: str, staged: Path) -> Manifest:
-        """Write the manifest into ``staged`` and move it into place, replacing an earlier import of the study."""
+    def commit(
+        self,
+        project_id: uuid.UUID,
+        study_key: str,
+        staged: Path,
+        *,
+        checksums: Mapping[Path, tuple[int, str]] | None = None,
+    ) -> Manifest:
+        """Write the manifest into ``staged`` and move it into place, replacing an earlier import of the study.
+
+        ``checksums``: ``(size, sha256)`` of staged files, computed while they were written (see
+        :meth:`Manifest.of`); files it does not list are read and hashed here.
+        """
         target = self.study_dir(project_id, study_key)
-        manifest = Manifest.of(staged)
+        manifest = Manifest.of(staged, checksums)
         if not manifest.files:
             raise DamagedStudy("nothing to store: the study produced no files")
         with (staged / MANIFEST).open("w", encoding="utf-8") as f:

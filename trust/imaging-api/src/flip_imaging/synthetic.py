@@ -8,6 +8,9 @@ as NIfTI::
     out_dir/<accession>/<series uid>/<instance number>.dcm   (24 slices of 64 × 64, int16)
     out_dir/<accession>/mask.nii.gz                          (uint8 organ label on dcm2niix's grid)
 
+The small default keeps the demo and the tests fast.  ``sizes`` asks for bigger volumes per modality, e.g.
+:data:`CLINICAL_SIZES` for benchmarks that must move what a hospital PACS really holds.
+
 The files carry the study's accession id and UIDs, realistic patient and clinician PHI
 (:func:`phi_values` lists it, for de-identification tests), the trust's scanner differences
 (:func:`scanner_for`) and learnable content: a bright organ and, where OMOP records a lesion, a
@@ -21,7 +24,7 @@ import gzip
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from itertools import islice
@@ -33,19 +36,21 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-from flip_imaging.synthetic_phantom import Grid, Phantom, phantom_for, render, to_nifti_order
+from flip_imaging.synthetic_phantom import Grid, Phantom, VolumeSize, phantom_for, render, to_nifti_order
 from flip_imaging.synthetic_phi import StudyPhi, phi_values, study_phi
 from flip_imaging.synthetic_scanner import Scanner, scanner_for
 from flip_omop import ImagingStudy, TrustProfile, image_occurrences
 from flip_omop.concepts import Modality
 
 __all__ = [
+    "CLINICAL_SIZES",
     "MASK_FILE",
     "Grid",
     "Phantom",
     "Scanner",
     "StudyPhi",
     "SyntheticStudy",
+    "VolumeSize",
     "phi_values",
     "scanner_for",
     "sop_instance_uid",
@@ -55,6 +60,16 @@ __all__ = [
 ]
 
 MASK_FILE: Final = "mask.nii.gz"
+CLINICAL_SIZES: Final[Mapping[Modality, VolumeSize]] = {
+    "CT": VolumeSize(matrix=512, slices=160),
+    "MR": VolumeSize(matrix=256, slices=48),
+}
+"""Volumes of the size a hospital PACS holds, for benchmarks (about 80 MB per CT and 6 MB per MR series).
+
+CT is reconstructed on a 512 × 512 matrix almost everywhere; 160 slices lies between a routine 3-5 mm
+reconstruction of a chest or abdomen (60-100 slices) and a thin 1 mm one (300 and more), and on the default
+field of view gives 0.5 mm pixels and 0.75 mm slices.  MR series are smaller: 256 × 256 in-plane and a few
+dozen slices for the 2-D axial sequences most studies consist of (here 2.5 mm slices)."""
 _UID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_OID, "flip.synthetic-imaging")
 
 
@@ -99,29 +114,40 @@ class SyntheticStudy:
 
 
 def write_studies(
-    profile: TrustProfile, persons: int, seed: int, out_dir: Path, *, limit: int | None = None
+    profile: TrustProfile,
+    persons: int,
+    seed: int,
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    sizes: Mapping[Modality, VolumeSize] | None = None,
 ) -> list[SyntheticStudy]:
     """Write every imaging study of the dataset ``(profile, persons, seed)`` (or its first ``limit``).
 
-    Existing files of the same studies are overwritten (with identical bytes, for the same inputs).
+    ``sizes`` gives the volume size per modality (e.g. :data:`CLINICAL_SIZES`); a modality it does not name
+    keeps the small default grid. Existing files of the same studies are overwritten (with identical bytes,
+    for the same inputs).
     """
     if limit is not None and limit < 0:
         raise ValueError("limit cannot be negative")
     studies: Iterable[ImagingStudy] = image_occurrences(profile, persons, seed)
     if limit is not None:
         studies = islice(studies, limit)
-    return [write_study(study, profile, seed, out_dir) for study in studies]
+    chosen = sizes or {}
+    return [write_study(study, profile, seed, out_dir, size=chosen.get(study.modality)) for study in studies]
 
 
-def write_study(study: ImagingStudy, profile: TrustProfile, seed: int, out_dir: Path) -> SyntheticStudy:
-    """Write one study's series and organ mask under ``out_dir/<accession>/``."""
+def write_study(
+    study: ImagingStudy, profile: TrustProfile, seed: int, out_dir: Path, *, size: VolumeSize | None = None
+) -> SyntheticStudy:
+    """Write one study's series and organ mask under ``out_dir/<accession>/`` (``size``: see :class:`VolumeSize`)."""
     if not _SAFE_NAME.match(study.accession_id):
         raise ValueError(f"accession id {study.accession_id!r} cannot be used as a folder name")
     if not UID(study.series_instance_uid).is_valid:
         raise ValueError(f"series UID {study.series_instance_uid!r} is not a valid DICOM UID")
     scanner = scanner_for(profile)
     rng = _study_rng(profile, seed, study.accession_id)
-    phantom = phantom_for(study, scanner, rng)
+    phantom = phantom_for(study, scanner, rng, size)
     stored = _encode(render(phantom, scanner, rng), scanner.rescale(study.modality))
     series_folder = out_dir / study.accession_id / study.series_instance_uid
     series_folder.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,35 @@ _ANATOMY: dict[Site, tuple[tuple[float, float], tuple[float, float, float], tupl
 
 
 @dataclass(frozen=True)
+class VolumeSize:
+    """The matrix (rows = columns) and slice count of a synthetic series, when not the small default.
+
+    A bigger volume covers the same field of view and z-range as the default grid of the trust's scanner
+    (:data:`COLUMNS` pixels of ``pixel_spacing_mm``, :data:`SLICES` slices of ``slice_spacing_mm``) at a finer
+    spacing, so the anatomy, the organ and the lesions sit where they do on the default grid, only sampled
+    more finely; the trusts' grids keep differing in proportion.
+    """
+
+    matrix: int
+    slices: int
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.matrix <= 1024 or not 4 <= self.slices <= 1024:
+            raise ValueError("a synthetic volume has a matrix of 8-1024 pixels and 4-1024 slices")
+
+    def grid(self, pixel_spacing_mm: float, slice_spacing_mm: float) -> Grid:
+        """The grid for a scanner whose default grid has these spacings."""
+        # Rounded to what the DICOM decimal strings hold, so the files, the mask's affine and the phantom agree.
+        return Grid(
+            pixel_spacing_mm=round(pixel_spacing_mm * COLUMNS / self.matrix, 4),
+            slice_spacing_mm=round(slice_spacing_mm * SLICES / self.slices, 4),
+            columns=self.matrix,
+            rows=self.matrix,
+            slices=self.slices,
+        )
+
+
+@dataclass(frozen=True)
 class Grid:
     """The voxel grid of one series: axial slices, identity orientation, centred on the origin."""
 
@@ -154,9 +183,18 @@ class Phantom:
         return distance
 
 
-def phantom_for(study: ImagingStudy, scanner: Scanner, rng: np.random.Generator) -> Phantom:
-    """Place the organ (jittered by ``rng``) and the study's lesion, if it has one, inside it."""
-    grid = Grid(scanner.pixel_spacing_mm, scanner.slice_spacing_mm)
+def phantom_for(
+    study: ImagingStudy, scanner: Scanner, rng: np.random.Generator, size: VolumeSize | None = None
+) -> Phantom:
+    """Place the organ (jittered by ``rng``) and the study's lesion, if it has one, inside it.
+
+    ``size`` samples the same field of view on a finer grid (see :class:`VolumeSize`); the default is the
+    small demo grid.
+    """
+    if size is None:
+        grid = Grid(scanner.pixel_spacing_mm, scanner.slice_spacing_mm)
+    else:
+        grid = size.grid(scanner.pixel_spacing_mm, scanner.slice_spacing_mm)
     body, organ, offset = _ANATOMY[study.anatomic_site]
     radius = None if study.lesion_diameter_mm is None or not study.lesion else study.lesion_diameter_mm / 2
     half_extent = (
@@ -204,13 +242,19 @@ def render(phantom: Phantom, scanner: Scanner, rng: np.random.Generator) -> Floa
     _, y, x = grid.axes_mm()
     voxel = (2 * grid.pixel_spacing_mm + grid.slice_spacing_mm) / 3
     bx, by = phantom.body_semi_axes_mm
-    body_radius = np.broadcast_to(np.sqrt((x / bx) ** 2 + (y / by) ** 2), grid.shape)
+    # The body is a cylinder along z: one slice's worth, broadcast over the slices (same values, less work).
+    body_radius = np.sqrt((x / bx) ** 2 + (y / by) ** 2)
     # Partial volume: a voxel straddling an edge takes the share of it that lies inside.
     body = _coverage((body_radius - 1.0) * min(bx, by), voxel)
-    organ = _coverage((phantom.organ_radius() - 1.0) * min(phantom.organ_semi_axes_mm), voxel)
-    lesion = np.zeros(grid.shape)
+    organ_distance = phantom.organ_radius()
+    organ_distance -= 1.0
+    organ_distance *= min(phantom.organ_semi_axes_mm)
+    organ = _coverage(organ_distance, voxel)
+    lesion: FloatArray | float = 0.0
     if phantom.lesion_centre_mm is not None and phantom.lesion_radius_mm is not None:
-        lesion = _coverage(phantom.lesion_distance_mm() - phantom.lesion_radius_mm, voxel)
+        lesion_distance = phantom.lesion_distance_mm()
+        lesion_distance -= phantom.lesion_radius_mm
+        lesion = _coverage(lesion_distance, voxel)
     if phantom.modality == "CT":
         air, tissue = -1000.0, 35.0
         organ_gain, lesion_gain = 70.0 * scanner.ct_contrast, 150.0 * scanner.ct_contrast
@@ -229,5 +273,8 @@ def render(phantom: Phantom, scanner: Scanner, rng: np.random.Generator) -> Floa
 
 def _coverage(signed_distance_mm: FloatArray, voxel_mm: float) -> FloatArray:
     """Share of a voxel inside a surface, from its centre's signed distance (negative inside)."""
-    share: FloatArray = np.clip(0.5 - signed_distance_mm / voxel_mm, 0.0, 1.0)
+    # 0.5 - d / v, computed in place (bit for bit the same values: negation and addition are exact).
+    share: FloatArray = np.divide(signed_distance_mm, -voxel_mm)
+    share += 0.5
+    np.clip(share, 0.0, 1.0, out=share)
     return share
