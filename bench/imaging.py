@@ -11,8 +11,10 @@ into the embedded PACS by C-STORE, then times:
   networking, PS3.15 de-identification of every instance, dcm2niix on the de-identified series with its
   checks, checksummed commit into the research store, the per-study state machine throughout.
 
-The PACS (pynetdicom's SCP, as in the demo) runs in a process of its own, as a hospital's PACS does, but on
-the same cores: its work counts against ours. The baseline runs once before ours and once after, and the
+The importer is set up as the service runs it: ``--parallel`` studies at once, each retrieved and
+de-identified in one of ``--deid-workers`` worker processes (one per core). The PACS (pynetdicom's SCP, as in
+the demo) runs in a process of its own, as a hospital's PACS does, but on the same cores: its work counts
+against ours. The baseline runs once before ours and once after, and the
 mean of the two is the figure (the machine's speed drifts). Figures go to stdout, with the time each stage
 of ours took (summed over the studies in flight) and where the CPU time went, and to
 bench/results/imaging.json (``ratio`` = ours / dcm2niix in seconds; the target is 1.3).

@@ -213,6 +213,7 @@ def retrieve_deidentified(pacs: PacsClient, deid: Deidentifier, accession: str, 
         finally:
             seconds["deid"] += time.perf_counter() - started
 
+    failure: StudyFailure | None = None
     stage, started = "find", time.perf_counter()
     try:
         match = pacs.find_study(accession)
@@ -220,13 +221,14 @@ def retrieve_deidentified(pacs: PacsClient, deid: Deidentifier, accession: str, 
         stage, started = "retrieve", time.perf_counter()
         pacs.retrieve(match.study_uid, out.parent / "raw", sink=deidentify)  # "raw" is never created
     except Exception as exc:
-        for kind, reason in _RETRIEVE_FAILURES:
-            if isinstance(exc, kind):
-                return Retrieved(failure=reason, seconds=seconds)
-        raise
+        failure = next((reason for kind, reason in _RETRIEVE_FAILURES if isinstance(exc, kind)), None)
+        if failure is None:
+            raise
     finally:
         # The C-GET's time is less what de-identifying took meanwhile.
         seconds[stage] = time.perf_counter() - started - (seconds["deid"] if stage == "retrieve" else 0.0)
-    if not written:
-        return Retrieved(failure=StudyFailure.RETRIEVE_FAILED, seconds=seconds)
+    if failure is None and not written:
+        failure = StudyFailure.RETRIEVE_FAILED
+    if failure is not None:
+        return Retrieved(failure=failure, seconds=seconds)
     return Retrieved(files=tuple(written), seconds=seconds)

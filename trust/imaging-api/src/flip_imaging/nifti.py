@@ -262,7 +262,7 @@ def _check_volume(path: Path) -> tuple[tuple[int, int, int], tuple[float, float,
         raise ConversionError(f"implausible volume shape {shape}")
     if not all(np.isfinite(z) and z > 0 for z in zooms[:3]):
         raise ConversionError(f"implausible voxel spacing {zooms}")
-    if np.issubdtype(dtype, np.floating) or dtype.kind not in "iub":
+    if dtype.kind not in "iu":  # floating point (or anything unusual): decode it and look at every value
         try:
             data = np.asanyarray(image.dataobj)
         except Exception as exc:
