@@ -64,4 +64,4 @@ bench-cohort: install ## benchmark: cohort statistics through the data-access-ap
 	$(UV) run python bench/cohort.py --persons $(or $(PERSONS),1000000)
 
 bench-imaging: install ## benchmark: PACS import (retrieve, de-identify, convert, store) vs dcm2niix alone (16 clinical-size studies)
-	$(UV) run python bench/imaging.py --studies $(or $(STUDIES),16) --size $(or $(SIZE),clinical)
+	$(UV) run python bench/imaging.py --studies $(or $(STUDIES),16) --size $(or $(SIZE),clinical) --pacs $(or $(PACS),auto)

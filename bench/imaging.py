@@ -2,7 +2,7 @@
 
 Writes N synthetic studies (``--size clinical``, the default: 512 × 512 × 160 CT and 256 × 256 × 48 MR
 series, the sizes a hospital PACS holds; ``--size demo``: the small 64 × 64 × 24 demo volumes), seeds them
-into the embedded PACS by C-STORE, then times:
+into a PACS by C-STORE, then times:
 
 - **dcm2niix** — dcm2niix alone on the same series, already on local disk, with the exact argument list
   our converter runs (:func:`flip_imaging.nifti.dcm2niix_command`) and as many at once as we import
@@ -12,9 +12,12 @@ into the embedded PACS by C-STORE, then times:
   checks, checksummed commit into the research store, the per-study state machine throughout.
 
 The importer is set up as the service runs it: ``--parallel`` studies at once, each retrieved and
-de-identified in one of ``--deid-workers`` worker processes (one per core). The PACS (pynetdicom's SCP, as in
-the demo) runs in a process of its own, as a hospital's PACS does, but on the same cores: its work counts
-against ours. The baseline runs once before ours and once after, and the
+de-identified in one of ``--deid-workers`` worker processes (one per core). The PACS runs in a process of
+its own, as a hospital's PACS does, but on the same cores: its work counts against ours. ``--pacs orthanc``
+(the default when Orthanc is installed and we are root) is Orthanc, a C++ PACS like those hospitals run,
+isolated in its own network namespace by the test suite's harness; ``--pacs embedded`` is pynetdicom's SCP
+as in the demo, which spends about five times Orthanc's CPU serving a study (all of it in Python).
+The baseline runs once before ours and once after, and the
 mean of the two is the figure (the machine's speed drifts). Figures go to stdout, with the time each stage
 of ours took (summed over the studies in flight) and where the CPU time went, and to
 bench/results/imaging.json (``ratio`` = ours / dcm2niix in seconds; the target is 1.3).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import multiprocessing
 import os
@@ -131,6 +135,9 @@ def _serve_pacs(storage: Path, conn: Connection) -> None:
 class PacsProcess:
     """:func:`_serve_pacs` in a spawned process, and a line to it."""
 
+    name = "embedded (pynetdicom)"
+    ae_title, client_ae_title = PACS_AE, CLIENT_AE
+
     def __init__(self, storage: Path) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -146,6 +153,44 @@ class PacsProcess:
     def stop(self) -> None:
         self._conn.send("stop")
         self._process.join(timeout=30)
+
+
+class OrthancPacs:
+    """Orthanc (the Debian package) in a network namespace of its own, which this process then joins.
+
+    The test suite's harness starts it (loopback only, nothing reachable from outside); the main thread
+    moves into its namespace, so the importer, its worker processes and dcm2niix, all started from that
+    thread afterwards, reach it on 127.0.0.1 as a trust reaches its PACS. Needs root and Orthanc.
+    """
+
+    name = "Orthanc"
+
+    def __init__(self, workdir: Path) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trust" / "imaging-api" / "tests"))
+        pacs_testing = importlib.import_module("pacs_testing")  # the Orthanc harness lives with its tests
+
+        binary = pacs_testing.orthanc_binary()
+        if binary is None:
+            sys.exit("Orthanc is not installed (make system-deps), or pass --pacs embedded")
+        # Orthanc's largest PDU (DCMTK's default is 16 kB): fewer, larger messages for our receiving side.
+        self._orthanc = pacs_testing.OrthancUnderTest(workdir, binary, {"MaximumPduLength": 131072})
+        self._orthanc.enter_namespace()
+        self.port: int = self._orthanc.port
+        self.ae_title, self.client_ae_title = pacs_testing.PACS_AE, pacs_testing.CLIENT_AE
+
+    def cpu_s(self) -> float:
+        """CPU seconds Orthanc has used so far."""
+        return float(self._orthanc.cpu_s())
+
+    def stop(self) -> None:
+        self._orthanc.close()
+
+
+def start_pacs(kind: str, workdir: Path) -> PacsProcess | OrthancPacs:
+    """The PACS to import from: Orthanc when asked (or, with ``auto``, when it can run here), else embedded."""
+    if kind == "auto":
+        kind = "orthanc" if shutil.which("Orthanc") and os.geteuid() == 0 else "embedded"
+    return OrthancPacs(workdir / "orthanc") if kind == "orthanc" else PacsProcess(workdir / "pacs")
 
 
 # ------------------------------------------------------------------------------------------ the runs
@@ -181,25 +226,27 @@ def _reap(running: list[subprocess.Popen[bytes]]) -> None:
         time.sleep(0.002)
 
 
-def ours(port: int, accessions: list[str], state: Path, parallel: int, deid_workers: int) -> tuple[int, StageTimes]:
+def ours(
+    pacs: PacsClient, accessions: list[str], state: Path, parallel: int, deid_workers: int
+) -> tuple[int, StageTimes]:
     """The importer on every accession; returns how many studies became READY and the per-stage times."""
     if deid_workers == 0:
-        return asyncio.run(_ours(port, accessions, state, parallel, None))
+        return asyncio.run(_ours(pacs, accessions, state, parallel, None))
     # Spawned rather than forked from a forkserver (as the service does) so that they are our children and
     # their CPU time is counted; started before the clock, as a service keeps them.
     with ProcessPoolExecutor(deid_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(time.sleep, [0.2] * deid_workers))
-        return asyncio.run(_ours(port, accessions, state, parallel, pool))
+        return asyncio.run(_ours(pacs, accessions, state, parallel, pool))
 
 
 async def _ours(
-    port: int, accessions: list[str], state: Path, parallel: int, pool: Executor | None
+    pacs: PacsClient, accessions: list[str], state: Path, parallel: int, pool: Executor | None
 ) -> tuple[int, StageTimes]:
     stages = StageTimes()
     importer = StudyImporter(
         ledger=StudyLedger(state / "studies.sqlite3"),
         store=ImageStore(state / "images"),
-        pacs=PacsClient(HOST, port, PACS_AE, calling_ae_title=CLIENT_AE),
+        pacs=pacs,
         deid=Deidentifier(os.urandom(32)),
         parallel=parallel,
         deid_pool=pool,
@@ -229,6 +276,12 @@ def main() -> None:
         default=os.cpu_count() or 1,
         help="de-identification worker processes, as the service runs (default one per core; 0: in the importer)",
     )
+    parser.add_argument(
+        "--pacs",
+        choices=("auto", "orthanc", "embedded"),
+        default="auto",
+        help="the PACS to import from (default: Orthanc when installed and running as root, else embedded)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (studies, outputs)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="flip-bench-imaging-"))
@@ -249,13 +302,15 @@ def run(args: argparse.Namespace, root: Path) -> None:
     megabytes = sum(p.stat().st_size for s in written for p in s.instance_paths()) / 1e6
     print(
         f"{n} synthetic studies ({_size_label(written)}; {instances} instances, {megabytes:.0f} MB) "
-        f"written in {time.perf_counter() - started:.0f} s; seeding the embedded PACS...",
+        f"written in {time.perf_counter() - started:.0f} s",
         flush=True,
     )
-    pacs = PacsProcess(root / "pacs")
+    pacs = start_pacs(args.pacs, root)
     try:
+        print(f"seeding the PACS: {pacs.name}...", flush=True)
+        client = PacsClient(HOST, pacs.port, pacs.ae_title, calling_ae_title=pacs.client_ae_title)
         started = time.perf_counter()
-        PacsClient(HOST, pacs.port, PACS_AE, calling_ae_title=CLIENT_AE).store_folder(root / "studies")
+        client.store_folder(root / "studies")
         print(
             f"seeded in {time.perf_counter() - started:.0f} s; timing dcm2niix alone, ours, dcm2niix alone", flush=True
         )
@@ -263,9 +318,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
         _, before = timed(lambda: dcm2niix_alone(series, root / "baseline-1", args.parallel))
         pacs_cpu = pacs.cpu_s()
         accessions = [s.accession for s in written]
-        (ready, stages), mine = timed(
-            lambda: ours(pacs.port, accessions, root / "ours", args.parallel, args.deid_workers)
-        )
+        (ready, stages), mine = timed(lambda: ours(client, accessions, root / "ours", args.parallel, args.deid_workers))
         pacs_cpu = pacs.cpu_s() - pacs_cpu
         _, after = timed(lambda: dcm2niix_alone(series, root / "baseline-2", args.parallel))
     finally:
@@ -280,6 +333,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
         "studies": n,
         "instances": instances,
         "size": args.size,
+        "pacs": pacs.name,
         "volumes": _size_label(written),
         "megabytes": round(megabytes, 1),
         "parallel": args.parallel,

@@ -290,12 +290,12 @@ class OrthancUnderTest(PacsUnderTest):
     host = "127.0.0.1"
     port = ORTHANC_DICOM_PORT
 
-    def __init__(self, workdir: Path, binary: str) -> None:
+    def __init__(self, workdir: Path, binary: str, settings: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         (workdir / "storage").mkdir(parents=True, exist_ok=True)
         (workdir / "index").mkdir(parents=True, exist_ok=True)
         config = workdir / "orthanc.json"
-        config.write_text(json.dumps(orthanc_config(workdir), indent=2))
+        config.write_text(json.dumps({**orthanc_config(workdir), **(settings or {})}, indent=2))
         self.log_path = workdir / "orthanc.log"
         self._ns_fd: int | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -348,6 +348,19 @@ class OrthancUnderTest(PacsUnderTest):
         self._pool = ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="orthanc-netns", initializer=_enter_netns, initargs=(self._ns_fd,)
         )
+
+    def enter_namespace(self) -> None:
+        """Move the calling thread into Orthanc's namespace; threads and processes it starts later are there too.
+
+        For a benchmark that runs a whole client stack (worker processes included) next to Orthanc.
+        """
+        assert self._ns_fd is not None
+        _enter_netns(self._ns_fd)
+
+    def cpu_s(self) -> float:
+        """CPU seconds Orthanc has used so far (user + system, from /proc/<pid>/stat)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _wait_ready(self) -> None:
         client = self.client()

@@ -15,12 +15,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import SecondaryCaptureImageStorage, XRayRadiationDoseSRStorage, generate_uid
 
 from flip_core.imaging import StudyFailure, StudyState
 from flip_imaging.deid import Deidentifier
 from flip_imaging.embedded_pacs import EmbeddedPacs
 from flip_imaging.importer import StageTimes, StudyImporter
-from flip_imaging.pacs import PacsClient
+from flip_imaging.pacs import DEFAULT_STORAGE_SOP_CLASSES, PacsClient
 from flip_imaging.store import ImageStore
 from flip_imaging.studies import StudyLedger
 from flip_imaging.synthetic import write_studies
@@ -162,3 +163,64 @@ async def test_an_instance_that_must_not_leave_fails_its_study_as_corrupt(
     assert importer.ledger.get(PROJECT, extra.accession).reason is StudyFailure.CORRUPT
     assert importer.store.studies(PROJECT) == []
     assert not list((tmp_path / "state" / "images").glob(".staging-*"))
+
+
+def _companion(template: Path, folder: Path, sop_class: str, *, pixels: bool) -> None:
+    """Store-ready copy of one instance of a study as a new series of another SOP class (same study)."""
+    ds = pydicom.dcmread(template)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    if not pixels:
+        del ds.PixelData
+        ds.Modality = "SR"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+
+
+async def test_a_dose_report_in_a_study_is_left_out_and_the_images_import(
+    pacs: tuple[EmbeddedPacs, PacsClient], tmp_path: Path
+) -> None:
+    _, client = pacs
+    study = write_studies(get_profile(PROFILE), PERSONS, SEED, tmp_path / "again", limit=1)[0]
+    _companion(study.instance_paths()[0], tmp_path / "report", XRayRadiationDoseSRStorage, pixels=False)
+    assert client.store_folder(tmp_path / "report") == 1
+    importer = _importer(tmp_path, client)
+    await importer.run(PROJECT, [study.accession], to_nifti=True)
+
+    assert importer.ledger.get(PROJECT, study.accession).state is StudyState.READY
+    stored = importer.store.files(PROJECT, importer.study_key(study.accession), "dicom")
+    assert len(stored) == study.n_instances  # the images, and nothing of the report
+    assert all(pydicom.dcmread(p).SOPClassUID != XRayRadiationDoseSRStorage for p in stored)
+
+
+async def test_a_partial_retrieve_fails_its_study_instead_of_importing_what_arrived(
+    pacs: tuple[EmbeddedPacs, PacsClient], tmp_path: Path
+) -> None:
+    server, _ = pacs
+    study = write_studies(get_profile(PROFILE), PERSONS, SEED, tmp_path / "again", limit=1)[0]
+    other = write_studies(get_profile(PROFILE), PERSONS, SEED, tmp_path / "again", limit=2)[1]
+    _companion(study.instance_paths()[0], tmp_path / "capture", SecondaryCaptureImageStorage, pixels=True)
+    full = PacsClient(server.host, server.port, "TESTPACS", calling_ae_title="FLIPTRUST")
+    assert full.store_folder(tmp_path / "capture") == 1
+    # A client that cannot take Secondary Capture: the PACS fails that one sub-operation (final status 0xB000)
+    # and sends the rest, which must not become a READY study with an image missing.
+    narrow = PacsClient(
+        server.host,
+        server.port,
+        "TESTPACS",
+        calling_ae_title="FLIPTRUST",
+        storage_sop_classes=[c for c in DEFAULT_STORAGE_SOP_CLASSES if c != SecondaryCaptureImageStorage],
+    )
+    importer = _importer(tmp_path, narrow)
+    await importer.run(PROJECT, [study.accession, other.accession], to_nifti=False)
+
+    assert importer.ledger.get(PROJECT, study.accession).reason is StudyFailure.RETRIEVE_FAILED
+    assert importer.ledger.get(PROJECT, other.accession).state is StudyState.READY
+    assert importer.store.studies(PROJECT) == [importer.study_key(other.accession)]
+    importer.pacs = full  # with every class on offer, a re-import brings the whole study
+    assert importer.ledger.reimport(PROJECT) == 1
+    await importer.run(PROJECT, [], to_nifti=False)
+    assert importer.ledger.get(PROJECT, study.accession).state is StudyState.READY
+    stored = importer.store.files(PROJECT, importer.study_key(study.accession), "dicom")
+    assert len(stored) == study.n_instances + 1

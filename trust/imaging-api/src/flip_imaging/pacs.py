@@ -142,6 +142,7 @@ DEFAULT_STORAGE_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
     "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
     "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR (the dose report in most CT studies)
     "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
 )
 
