@@ -163,6 +163,15 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path, state_dir: Pa
         "RIVR": True,
         "HILL": True,
     }
+    models = summary["models"]
+    assert models["status"] == "ok"
+    assert models["missing_files"] == []
+    assert models["files"] == {
+        "client_app.py": "CLEAN",
+        "models.py": "CLEAN",
+        "config.json": "CLEAN",
+        "checkpoint.pt": "BLOCKED",
+    }
     assert summary["audit"]["chain_ok"] is True
     assert summary["audit"]["entries"] > 0
     for code in ("ELSE", "RIVR", "HILL"):

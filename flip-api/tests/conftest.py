@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from hub_testing import MakeUser, make_user_factory
+from s3_testing import s3_endpoint as s3_endpoint  # the moto S3 server fixture, for every test module
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 

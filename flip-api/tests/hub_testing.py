@@ -245,3 +245,45 @@ def imaging_status(
         updated_at=updated_at or datetime.now(UTC),
     )
     return status.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- models
+
+
+async def approved_project(
+    client: httpx.AsyncClient,
+    owner_headers: dict[str, str],
+    approver_headers: dict[str, str],
+    *trusts: RegisteredTrust,
+    member_ids: list[str] | None = None,
+) -> str:
+    """A project staged at ``trusts`` and approved at each of them by ``approver`` (a hub admin, for trusts
+    with no Trust Admin); returns its id."""
+    r = await client.post(
+        "/api/projects",
+        headers=owner_headers,
+        json={"name": f"Models {uuid.uuid4().hex[:8]}", "has_imaging": False, "member_ids": member_ids or []},
+    )
+    assert r.status_code == 201, r.text
+    project_id: str = r.json()["id"]
+    await ready_cohort(client, owner_headers, project_id, *trusts)
+    r = await client.post(
+        f"/api/projects/{project_id}/stage", headers=owner_headers, json={"trust_ids": [str(t.id) for t in trusts]}
+    )
+    assert r.status_code == 200, r.text
+    for trust in trusts:
+        r = await client.post(
+            f"/api/projects/{project_id}/trusts/{trust.id}/decision",
+            headers=approver_headers,
+            json={"decision": "APPROVED"},
+        )
+        assert r.status_code == 200, r.text
+    return project_id
+
+
+MALICIOUS_PICKLE_SOURCE = "os.system"
+
+
+def malicious_pickle() -> bytes:
+    """A pickle that would run ``os.system`` when loaded (never load it): opcodes written by hand."""
+    return b"cos\nsystem\n(S'echo pwned'\ntR."

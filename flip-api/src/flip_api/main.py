@@ -21,6 +21,7 @@ from flip_api.core.state import HubState
 from flip_api.db.session import libpq_conninfo, make_engine, make_sessionmaker, run_migrations, transaction
 from flip_api.services.rbac import seed_roles
 from flip_api.services.task_notifier import TaskNotifier
+from flip_api.storage import object_store_from_settings
 from flip_api.worker import run_worker
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def create_app(settings: HubSettings, database_url: str) -> FastAPI:
             data_key=settings.data_key_bytes(),
             identity=IdentityService(verifiers),
             notifier=TaskNotifier(libpq_conninfo(database_url)),
+            objects=object_store_from_settings(settings),
         )
         hub: HubState = app.state.hub
         await hub.notifier.start()

@@ -2,8 +2,9 @@
 
 In the embedded default it runs inside the API process; in production run it as its own process (or
 leave it on in every replica: each tick only does work if it wins the lock).  Each tick fails tasks
-whose last allowed lease ran out, so that failures are visible without waiting for the next lease, and
-asks trusts for a fresh status of imaging imports that are still running.
+whose last allowed lease ran out, so that failures are visible without waiting for the next lease,
+asks trusts for a fresh status of imaging imports that are still running, and rescans model files a
+crash left in quarantine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.state import HubState
 from flip_api.db.session import transaction
+from flip_api.services import model_files
 from flip_api.services.imaging import refresh_statuses
 from flip_api.services.tasks import fail_exhausted_leases
 
@@ -32,6 +34,8 @@ class TickReport:
 
     failed_leases: int  # tasks failed because their last lease ran out
     imaging_refreshes: int  # get_imaging_status tasks queued
+    files_rescanned: int = 0  # model files stuck in scanning (or uploaded but never completed), scanned again
+    uploads_expired: int = 0  # presigned uploads dropped: nothing arrived before they expired
 
 
 async def _won(db: AsyncSession) -> bool:
@@ -49,11 +53,16 @@ async def run_once(hub: HubState) -> TickReport | None:
         failed = await fail_exhausted_leases(db)
     async with transaction(hub.sessions) as db:
         refreshed = await refresh_statuses(db, hub) if await _won(db) else 0
+    async with transaction(hub.sessions) as db:
+        won = await _won(db)
+    swept = await model_files.sweep(hub) if won else model_files.SweepReport()
     if failed:
         log.info("failed tasks whose leases ran out", extra={"tasks": failed})
+    if swept.rescanned or swept.expired:
+        log.info("model files swept", extra={"rescanned": swept.rescanned, "expired": swept.expired})
     if refreshed:
         log.info("asked trusts for imaging status", extra={"tasks": refreshed})
-    return TickReport(failed, refreshed)
+    return TickReport(failed, refreshed, swept.rescanned, swept.expired)
 
 
 async def run_worker(hub: HubState, interval_s: float) -> None:

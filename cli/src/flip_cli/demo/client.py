@@ -55,14 +55,16 @@ class HubClient:
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         json: Any = None,
+        content: bytes | None = None,
         expect: Collection[int] = (200,),
     ) -> dict[str, Any]:
-        """Send one request; return its JSON object body, or raise DemoError on any other outcome."""
+        """Send one request (a JSON body, or raw ``content``); return its JSON object body, or raise DemoError on
+        any other outcome."""
         sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         try:
-            response = self._http.request(method, path, headers=sent, json=json)
+            response = self._http.request(method, path, headers=sent, json=json, content=content)
         except httpx.HTTPError as exc:
             raise DemoError(f"{method} {path} failed: {exc}") from exc
         if response.status_code not in expect:

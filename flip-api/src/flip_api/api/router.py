@@ -9,6 +9,7 @@ from flip_api.api.routes import (
     cohorts,
     health,
     imaging,
+    models,
     projects,
     trust_machine,
     trusts,
@@ -25,4 +26,5 @@ api_router.include_router(trust_machine.router)
 api_router.include_router(projects.router)
 api_router.include_router(cohorts.router)
 api_router.include_router(imaging.router)
+api_router.include_router(models.router)
 api_router.include_router(audit.router)

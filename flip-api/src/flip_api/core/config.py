@@ -8,6 +8,7 @@ import secrets
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
@@ -69,10 +70,31 @@ class HubSettings(FlipSettings):
     # How often the worker asks a trust for a fresh status of an imaging import that is not complete yet;
     # a status older than 5x this is shown as stale ("last known").
     imaging_refresh_s: float = Field(30.0, gt=0, le=86400, validation_alias="FLIP_IMAGING_REFRESH_S")
+    # Uploaded files (model code, configs, checkpoints): "local" keeps them under object_store_dir and
+    # streams downloads through the hub; "s3" keeps them in a bucket and hands out presigned URLs.
+    object_store: Literal["local", "s3"] = Field("local", validation_alias="FLIP_OBJECT_STORE")
+    object_store_dir: Path = Field(
+        # state_dir is absent from ``data`` only when it failed validation, which is reported anyway.
+        default_factory=lambda data: Path(data.get("state_dir") or default_state_dir()) / "objects",
+        validation_alias="FLIP_OBJECT_STORE_DIR",
+    )
+    s3_bucket: str | None = Field(None, min_length=1, validation_alias="FLIP_S3_BUCKET")
+    s3_prefix: str = Field("", validation_alias="FLIP_S3_PREFIX")
+    s3_region: str | None = Field(None, validation_alias="FLIP_S3_REGION")
+    s3_endpoint_url: str | None = Field(None, validation_alias="FLIP_S3_ENDPOINT_URL")
+    upload_max_bytes: int = Field(512 * 1024 * 1024, ge=1, validation_alias="FLIP_UPLOAD_MAX_BYTES")
+    presign_ttl_s: int = Field(300, ge=10, le=3600, validation_alias="FLIP_PRESIGN_TTL_S")
+    # A file still SCANNING after this long is assumed abandoned (worker died) and scanned again.
+    scan_stuck_s: int = Field(600, ge=60, le=86400, validation_alias="FLIP_SCAN_STUCK_S")
 
     @field_validator("state_dir")
     @classmethod
     def _absolute_state_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("object_store_dir")
+    @classmethod
+    def _absolute_object_store_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
     @model_validator(mode="after")
@@ -97,6 +119,12 @@ class HubSettings(FlipSettings):
                 raise ValueError(f"production mode requires {', '.join(missing)} to be set")
             if self.mfa_required is False:
                 raise ValueError("FLIP_MFA_REQUIRED=false is a development switch; it is refused in production")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> HubSettings:
+        if self.object_store == "s3" and self.s3_bucket is None:
+            raise ValueError("FLIP_OBJECT_STORE=s3 requires FLIP_S3_BUCKET to be set")
         return self
 
     @cached_property

@@ -10,6 +10,7 @@ from flip_api.core.config import HubSettings
 from flip_api.core.identity import IdentityService
 from flip_api.core.ratelimit import RateLimiter
 from flip_api.services.task_notifier import TaskNotifier
+from flip_api.storage import ObjectStore
 
 
 @dataclass
@@ -21,4 +22,5 @@ class HubState:
     data_key: bytes = field(repr=False)
     identity: IdentityService = field(repr=False)
     notifier: TaskNotifier = field(repr=False)
+    objects: ObjectStore = field(repr=False)
     limiter: RateLimiter = field(default_factory=RateLimiter)

@@ -30,7 +30,7 @@ from flip_api.db.models import (
     TrustDecision,
     User,
 )
-from flip_api.services import audit, cohorts, imaging
+from flip_api.services import audit, cohorts, imaging, models
 from flip_api.services.audit import Actor
 from flip_api.services.project_access import (
     can_read,
@@ -165,6 +165,7 @@ async def delete_project(db: AsyncSession, hub: HubState, principal: Principal, 
 
     Trusts stop working on it: unfinished cohort tasks and imaging tasks not started yet are cancelled,
     and every trust that approved an imaging project is asked to delete its images (``delete_imaging``).
+    Its models are deleted too, and their training stopped.
     """
     project = await load_project(db, project_id, lock=True)
     if project.owner_id != principal.id and not principal.has(Perm.DELETE_ANY_PROJECT):
@@ -186,6 +187,7 @@ async def delete_project(db: AsyncSession, hub: HubState, principal: Principal, 
         {"name": project.name, "status": project.status.value},
     )
     await imaging.delete_for_deleted_project(db, hub, project, waiting_imaging, actor=actor)
+    await models.delete_for_deleted_project(db, project.id, actor=actor)
 
 
 # --------------------------------------------------------------------------- members

@@ -16,6 +16,15 @@ from flip_api.db.models.identity import (
     UserRole,
 )
 from flip_api.db.models.imaging import ImagingImport
+from flip_api.db.models.models import (
+    EDITABLE_MODEL_STATES,
+    FileStatus,
+    FlBackend,
+    JobType,
+    Model,
+    ModelFile,
+    ModelStatus,
+)
 from flip_api.db.models.projects import (
     DecidedAs,
     Project,
@@ -28,6 +37,7 @@ from flip_api.db.models.tasks import TrustTask
 from flip_api.db.models.trusts import Trust, TrustPayloadKey
 
 __all__ = [
+    "EDITABLE_MODEL_STATES",
     "AccessRequest",
     "AccessRequestStatus",
     "AuditEntry",
@@ -38,7 +48,13 @@ __all__ = [
     "CohortResultState",
     "CohortSnapshot",
     "DecidedAs",
+    "FileStatus",
+    "FlBackend",
     "ImagingImport",
+    "JobType",
+    "Model",
+    "ModelFile",
+    "ModelStatus",
     "Permission",
     "PermissionScope",
     "Project",
