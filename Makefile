@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: help ensure-uv system-deps install demo test lint fmt typecheck pytest clean bench-poll bench-cohort bench-imaging
+.PHONY: help ensure-uv system-deps install demo test lint fmt typecheck pytest clean bench-poll bench-cohort bench-imaging bench-agg
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench-poll: install ## benchmark: task pickup latency and idle load, long-poll v
 
 bench-cohort: install ## benchmark: cohort statistics through the data-access-api vs the same SQL in psql (1 M persons)
 	$(UV) run python bench/cohort.py --persons $(or $(PERSONS),1000000)
+
+bench-agg: install ## benchmark: FedAvg aggregation throughput vs measured memory bandwidth (3 updates of 1 GiB)
+	$(UV) run python bench/agg.py --params $(or $(PARAMS),268435456) --clients $(or $(CLIENTS),3)
 
 bench-imaging: install ## benchmark: PACS import (retrieve, de-identify, convert, store) vs dcm2niix alone (16 clinical-size studies)
 	$(UV) run python bench/imaging.py --studies $(or $(STUDIES),16) --size $(or $(SIZE),clinical) --pacs $(or $(PACS),auto)

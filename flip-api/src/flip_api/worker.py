@@ -3,8 +3,8 @@
 In the embedded default it runs inside the API process; in production run it as its own process (or
 leave it on in every replica: each tick only does work if it wins the lock).  Each tick fails tasks
 whose last allowed lease ran out, so that failures are visible without waiting for the next lease,
-asks trusts for a fresh status of imaging imports that are still running, and rescans model files a
-crash left in quarantine.
+asks trusts for a fresh status of imaging imports that are still running, rescans model files a crash
+left in quarantine, and fails training jobs that waited in the queue past their bound.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.state import HubState
 from flip_api.db.session import transaction
-from flip_api.services import model_files
+from flip_api.services import fl_jobs, model_files
 from flip_api.services.imaging import refresh_statuses
 from flip_api.services.tasks import fail_exhausted_leases
 
@@ -36,6 +36,7 @@ class TickReport:
     imaging_refreshes: int  # get_imaging_status tasks queued
     files_rescanned: int = 0  # model files stuck in scanning (or uploaded but never completed), scanned again
     uploads_expired: int = 0  # presigned uploads dropped: nothing arrived before they expired
+    jobs_expired: int = 0  # training jobs no FL net took within FLIP_FL_QUEUE_TIMEOUT_S
 
 
 async def _won(db: AsyncSession) -> bool:
@@ -54,15 +55,19 @@ async def run_once(hub: HubState) -> TickReport | None:
     async with transaction(hub.sessions) as db:
         refreshed = await refresh_statuses(db, hub) if await _won(db) else 0
     async with transaction(hub.sessions) as db:
+        expired = await fl_jobs.expire_queue(db, timeout_s=hub.settings.fl_queue_timeout_s) if await _won(db) else 0
+    async with transaction(hub.sessions) as db:
         won = await _won(db)
     swept = await model_files.sweep(hub) if won else model_files.SweepReport()
     if failed:
         log.info("failed tasks whose leases ran out", extra={"tasks": failed})
+    if expired:
+        log.warning("training jobs expired in the queue", extra={"jobs": expired})
     if swept.rescanned or swept.expired:
         log.info("model files swept", extra={"rescanned": swept.rescanned, "expired": swept.expired})
     if refreshed:
         log.info("asked trusts for imaging status", extra={"tasks": refreshed})
-    return TickReport(failed, refreshed, swept.rescanned, swept.expired)
+    return TickReport(failed, refreshed, swept.rescanned, swept.expired, expired)
 
 
 async def run_worker(hub: HubState, interval_s: float) -> None:

@@ -61,7 +61,9 @@ class World:
     model_file: uuid.UUID | None = None
 
 
-async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser, *, imaging: bool = False) -> World:
+async def arrange(
+    hub: HubState, client: httpx.AsyncClient, make_user: MakeUser, *, imaging: bool = False, queued: bool = False
+) -> World:
     tag = uuid.uuid4().hex[:6].upper()
     t1, t2 = [await register_test_trust(hub, f"T{i}{tag}", name=f"T{i} {tag}") for i in (1, 2)]
     viewer = await make_user(RoleName.VIEWER)
@@ -134,9 +136,15 @@ async def arrange(hub: HubState, client: httpx.AsyncClient, make_user: MakeUser,
         r = await client.post(f"/api/projects/{imaging_project}/models", headers=owner.headers, json={"name": "m"})
         assert r.status_code == 201, r.text
         model = uuid.UUID(r.json()["id"])
+        for name, data in (("client_app.py", b"def train(m, c):\n    return {}\n"), ("models.py", b"M = 1\n")):
+            r = await client.put(f"/api/models/{model}/files/{name}", headers=owner.headers, content=data)
+            assert r.status_code == 201, r.text
         r = await client.put(f"/api/models/{model}/files/config.json", headers=owner.headers, content=b"{}")
         assert r.status_code == 201, r.text
         model_file = uuid.UUID(r.json()["id"])
+        if queued:  # a training job waiting in the queue
+            r = await client.post(f"/api/models/{model}/jobs", headers=owner.headers, json={})
+            assert r.status_code == 201, r.text
     async with transaction(hub.sessions) as s:
         task = await enqueue_task(s, hub, t1.trust, TaskType.PING, {"message": "matrix"})
     r = await client.post("/api/trust/tasks/lease", headers=headers[Caller.TRUST_KEY], json={"types": ["ping"]})
@@ -173,6 +181,7 @@ class Row:
     allowed: frozenset[Caller]
     label: str = ""
     imaging: bool = False  # the world needs the approved imaging project
+    queued: bool = False  # ... and its model's training queued
     # What an allowed caller gets: 2xx, or (for routes whose success needs something the test hub lacks) the
     # refusal that comes only after authorisation passed.
     accepted: frozenset[int] = frozenset(range(200, 300))
@@ -187,8 +196,10 @@ def row(
     *,
     imaging: bool = False,
     accepted: frozenset[int] = frozenset(range(200, 300)),
+    queued: bool = False,
 ) -> Row:
-    return Row(method, path, build or (lambda w, c: (method, path, None)), frozenset(allowed), label, imaging, accepted)
+    build = build or (lambda w, c: (method, path, None))
+    return Row(method, path, build, frozenset(allowed), label, imaging or queued, queued, accepted)
 
 
 ADMIN_ONLY = {Caller.ADMIN}
@@ -563,6 +574,21 @@ MATRIX: list[Row] = [
         lambda w, c: ("DELETE", f"/api/models/{w.model}/files/{w.model_file}", None),
         imaging=True,
     ),
+    row(
+        "POST",
+        M + "/jobs",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("POST", f"/api/models/{w.model}/jobs", {"config": {"rounds": 2}}),
+        imaging=True,
+    ),
+    row("GET", M + "/jobs", READERS, lambda w, c: ("GET", f"/api/models/{w.model}/jobs", None), queued=True),
+    row(
+        "POST",
+        M + "/stop",
+        {Caller.OWNER, Caller.ADMIN},
+        lambda w, c: ("POST", f"/api/models/{w.model}/stop", None),
+        queued=True,
+    ),
     # audit
     row("GET", "/api/audit", ADMIN_ONLY),
     row("GET", "/api/audit/export", ADMIN_ONLY, lambda w, c: ("GET", "/api/audit/export?format=csv", None)),
@@ -600,7 +626,7 @@ async def _send(client: httpx.AsyncClient, world: World, caller: Caller, entry: 
 
 @pytest.mark.parametrize("entry", MATRIX, ids=lambda r: f"{r.method} {r.path} {r.label}".strip())
 async def test_route_role_matrix(entry: Row, hub: HubState, client: httpx.AsyncClient, make_user: MakeUser) -> None:
-    world = await arrange(hub, client, make_user, imaging=entry.imaging)
+    world = await arrange(hub, client, make_user, imaging=entry.imaging, queued=entry.queued)
     failures = []
     for caller in Caller:
         if caller in entry.allowed:
@@ -610,7 +636,7 @@ async def test_route_role_matrix(entry: Row, hub: HubState, client: httpx.AsyncC
             failures.append(f"{caller}: expected refusal, got {r.status_code} {r.text[:120]}")
     for caller in sorted(entry.allowed):
         if entry.method != "GET":
-            world = await arrange(hub, client, make_user, imaging=entry.imaging)
+            world = await arrange(hub, client, make_user, imaging=entry.imaging, queued=entry.queued)
         r = await _send(client, world, caller, entry)
         if r.status_code not in entry.accepted:
             failures.append(f"{caller}: expected success, got {r.status_code} {r.text[:160]}")

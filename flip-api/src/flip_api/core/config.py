@@ -86,6 +86,8 @@ class HubSettings(FlipSettings):
     presign_ttl_s: int = Field(300, ge=10, le=3600, validation_alias="FLIP_PRESIGN_TTL_S")
     # A file still SCANNING after this long is assumed abandoned (worker died) and scanned again.
     scan_stuck_s: int = Field(600, ge=60, le=86400, validation_alias="FLIP_SCAN_STUCK_S")
+    # A training job no FL net has taken after this long becomes ERROR (no job stays QUEUED forever).
+    fl_queue_timeout_s: float = Field(86400.0, gt=0, le=30 * 86400, validation_alias="FLIP_FL_QUEUE_TIMEOUT_S")
 
     @field_validator("state_dir")
     @classmethod

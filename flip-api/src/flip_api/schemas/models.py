@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from flip_api.db.models import FileStatus, FlBackend, JobType, ModelFile, ModelStatus
+from flip_api.db.models import FileStatus, FlBackend, FlJob, JobType, ModelFile, ModelStatus
 from flip_api.schemas.common import LongText, Name, Public, Strict
 from flip_api.services.job_types import JobTypeSpec
 from flip_api.services.models import ModelView
@@ -97,6 +97,51 @@ class ModelTrustOut(Public):
     name: str
 
 
+class JobIn(Strict):
+    """Start training: at the selected trusts (default every trust that approved the project), with a config."""
+
+    trust_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=500)
+    config: dict[str, Any] | None = Field(
+        None,
+        description="rounds (1-1000), strategy, min_clients (k of n), round_timeout_s, local_epochs, "
+        "learning_rate, seed; unknown keys are errors",
+    )
+
+
+class JobOut(Public):
+    id: uuid.UUID
+    model_id: uuid.UUID
+    status: ModelStatus
+    backend: FlBackend
+    trust_ids: list[uuid.UUID]
+    config: dict[str, Any]
+    attempt: int
+    queue_position: int | None = Field(description="1 = next to run on a free FL net; null once it left the queue")
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    reason: str | None = Field(description="why it ended as ERROR or STOPPED")
+    bundle_sha256: str | None
+
+    @classmethod
+    def of(cls, job: FlJob, queue_position: int | None) -> JobOut:
+        return cls(
+            id=job.id,
+            model_id=job.model_id,
+            status=job.status,
+            backend=job.backend,
+            trust_ids=[uuid.UUID(t) for t in job.trust_ids],
+            config=job.config,
+            attempt=job.attempt,
+            queue_position=queue_position,
+            queued_at=job.queued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            reason=job.reason,
+            bundle_sha256=job.bundle_sha256,
+        )
+
+
 class ModelOut(Public):
     id: uuid.UUID
     project_id: uuid.UUID
@@ -113,6 +158,7 @@ class ModelOut(Public):
     missing_files: list[str] = Field(description="required files with no clean upload yet")
     files: list[ModelFileOut]
     trusts: list[ModelTrustOut] = Field(description="the trusts that approved the project: where it trains")
+    job: JobOut | None = Field(description="the latest training job, if it was ever initiated")
 
     @classmethod
     def of(cls, view: ModelView) -> ModelOut:
@@ -133,6 +179,7 @@ class ModelOut(Public):
             missing_files=view.missing_files,
             files=[ModelFileOut.of(f) for f in view.files],
             trusts=[ModelTrustOut(id=t.id, code=t.code, name=t.name) for t in view.trusts],
+            job=JobOut.of(view.job, view.queue_position) if view.job is not None else None,
         )
 
 

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +21,7 @@ from flip_api.db.models import (
     EDITABLE_MODEL_STATES,
     FileStatus,
     FlBackend,
+    FlJob,
     JobType,
     Model,
     ModelFile,
@@ -58,6 +59,8 @@ class ModelView:
     spec: JobTypeSpec
     files: list[ModelFile]
     trusts: list[Trust]
+    job: FlJob | None = None
+    queue_position: int | None = None
 
     @property
     def missing_files(self) -> list[str]:
@@ -110,8 +113,26 @@ async def model_view(db: AsyncSession, model: Model) -> ModelView:
 
 
 async def model_view_with_trusts(db: AsyncSession, model: Model) -> ModelView:
+    """The model with its files, where it trains, and its latest job (with its place in the queue)."""
     view = await model_view(db, model)
-    return ModelView(view.model, view.spec, view.files, await approved_trusts(db, model.project_id))
+    job = await db.scalar(select(FlJob).where(FlJob.model_id == model.id).order_by(FlJob.queued_at.desc()).limit(1))
+    position = await jobs_ahead(db, job) + 1 if job is not None and job.status is ModelStatus.QUEUED else None
+    trusts = await approved_trusts(db, model.project_id)
+    return ModelView(view.model, view.spec, view.files, trusts, job, position)
+
+
+async def jobs_ahead(db: AsyncSession, job: FlJob) -> int:
+    """Queued jobs of the same backend that go before ``job`` (first come, first served)."""
+    ahead = await db.scalar(
+        select(func.count())
+        .select_from(FlJob)
+        .where(
+            FlJob.status == ModelStatus.QUEUED,
+            FlJob.backend == job.backend,
+            or_(FlJob.queued_at < job.queued_at, and_(FlJob.queued_at == job.queued_at, FlJob.id < job.id)),
+        )
+    )
+    return ahead or 0
 
 
 async def list_models(db: AsyncSession, principal: Principal, project_id: uuid.UUID) -> list[Model]:
@@ -213,13 +234,24 @@ async def update_model(
     return model
 
 
+async def _stop_training(db: AsyncSession, model: Model, reason: str) -> bool:
+    """End the model's queued or running job (STOPPED; the scheduler aborts a run on its net)."""
+    if model.status not in ACTIVE_MODEL_STATES:
+        return False
+    model.status = ModelStatus.STOPPED
+    await db.execute(
+        update(FlJob)
+        .where(FlJob.model_id == model.id, FlJob.status.in_(ACTIVE_MODEL_STATES))
+        .values(status=ModelStatus.STOPPED, reason=reason, finished_at=_now())
+    )
+    return True
+
+
 async def delete_model(db: AsyncSession, principal: Principal, model_id: uuid.UUID) -> Model:
     """Soft-delete a model. Training of it that is queued or running is stopped: the model becomes STOPPED
     (and ignores late callbacks); the scheduler drops a queued job and aborts a running one."""
     model, _ = await model_for_change(db, principal, model_id, editable=False)
-    stopped = model.status in ACTIVE_MODEL_STATES
-    if stopped:
-        model.status = ModelStatus.STOPPED
+    stopped = await _stop_training(db, model, "the model was deleted")
     model.deleted_at = _now()
     await audit.record(
         db,
@@ -239,9 +271,7 @@ async def delete_for_deleted_project(db: AsyncSession, project_id: uuid.UUID, *,
     )
     deleted = 0
     for model in rows.all():
-        stopped = model.status in ACTIVE_MODEL_STATES
-        if stopped:
-            model.status = ModelStatus.STOPPED
+        stopped = await _stop_training(db, model, "the project was deleted")
         model.deleted_at = _now()
         await audit.record(
             db,

@@ -24,6 +24,8 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from flip_api.api.deps import CurrentUser, HubDep, SessionDep
 from flip_api.schemas.models import (
     FileName,
+    JobIn,
+    JobOut,
     JobTypeOut,
     ModelFileOut,
     ModelIn,
@@ -33,7 +35,7 @@ from flip_api.schemas.models import (
     UploadIn,
     UploadOut,
 )
-from flip_api.services import model_files, models
+from flip_api.services import fl_jobs, model_files, models
 from flip_api.services.job_types import JOB_TYPES
 
 router = APIRouter(tags=["models"])
@@ -158,3 +160,27 @@ async def download_file(
 async def delete_file(model_id: uuid.UUID, file_id: uuid.UUID, user: CurrentUser, hub: HubDep) -> Response:
     await model_files.delete_file(hub, user, model_id, file_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/models/{model_id}/jobs", response_model=JobOut, status_code=status.HTTP_201_CREATED)
+async def initiate_training(model_id: uuid.UUID, body: JobIn, user: CurrentUser, db: SessionDep) -> JobOut:
+    """Queue training at the selected trusts. Refused, with nothing queued, when a required file is missing
+    or not clean (409 ``missing_files``), a trust does not exist or did not approve the project (400), or
+    the config is invalid (422 ``invalid_config``)."""
+    job = await fl_jobs.initiate(db, user, model_id, trust_ids=body.trust_ids, config=body.config)
+    await db.commit()
+    return JobOut.of(job, await fl_jobs.queue_position(db, job))
+
+
+@router.get("/models/{model_id}/jobs", response_model=list[JobOut])
+async def list_jobs(model_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> list[JobOut]:
+    """Every training job of the model, newest first."""
+    return [JobOut.of(j, await fl_jobs.queue_position(db, j)) for j in await fl_jobs.list_jobs(db, user, model_id)]
+
+
+@router.post("/models/{model_id}/stop", response_model=JobOut)
+async def stop_training(model_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> JobOut:
+    """Stop the model's training: a queued job leaves the queue at once; the model becomes STOPPED."""
+    job = await fl_jobs.stop(db, user, model_id)
+    await db.commit()
+    return JobOut.of(job, None)

@@ -3,6 +3,7 @@
 from flip_api.db.models.audit import AuditEntry
 from flip_api.db.models.base import Base
 from flip_api.db.models.cohorts import CohortQuery, CohortResult, CohortResultState, CohortSnapshot
+from flip_api.db.models.fl import FlJob, FlNet, NetStatus
 from flip_api.db.models.identity import (
     AccessRequest,
     AccessRequestStatus,
@@ -50,11 +51,14 @@ __all__ = [
     "DecidedAs",
     "FileStatus",
     "FlBackend",
+    "FlJob",
+    "FlNet",
     "ImagingImport",
     "JobType",
     "Model",
     "ModelFile",
     "ModelStatus",
+    "NetStatus",
     "Permission",
     "PermissionScope",
     "Project",
