@@ -172,6 +172,7 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path, state_dir: Pa
         "config.json": "CLEAN",
         "checkpoint.pt": "BLOCKED",
     }
+    assert models["job"] == {"queued_position": 1, "trusts": 2, "final": "STOPPED"}
     assert summary["audit"]["chain_ok"] is True
     assert summary["audit"]["entries"] > 0
     for code in ("ELSE", "RIVR", "HILL"):

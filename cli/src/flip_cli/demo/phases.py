@@ -777,7 +777,38 @@ def create_model(ctx: DemoContext) -> PhaseResult:
     if hashlib.sha256(body).hexdigest() != clean["sha256"]:
         raise DemoError("the downloaded models.py does not match its checksum")
     ctx.say(researcher.role, "every required file is in and clean; models.py downloads back byte for byte")
-    return {"id": model_id, "files": statuses, "missing_files": detail["missing_files"]}
+
+    # Training requests are checked before anything is queued, then wait for an FL net of their backend.
+    refused = client.call(
+        "POST",
+        f"/api/models/{model_id}/jobs",
+        token=researcher.token,
+        json={"config": {"rounds": 3, "strategy": "fedadam"}},
+        expect=(422,),
+    )
+    ctx.say(researcher.role, f"asked for FedAdam on a FedAvg job -> refused ({refused['code']})")
+    job = client.call(
+        "POST",
+        f"/api/models/{model_id}/jobs",
+        token=researcher.token,
+        json={"config": {"rounds": 3, "min_clients": 2, "round_timeout_s": 300}},
+        expect=(201,),
+    )
+    ctx.say(
+        researcher.role,
+        f"training queued at {len(job['trust_ids'])} trusts, 3 rounds, k=2 of 2: {job['status']}, "
+        f"position {job['queue_position']} in the Flower queue",
+    )
+    stopped = client.call("POST", f"/api/models/{model_id}/stop", token=researcher.token)
+    ctx.say(
+        researcher.role, f"stopped it while queued -> {stopped['status']} (the FL nets arrive with the next milestone)"
+    )
+    return {
+        "id": model_id,
+        "files": statuses,
+        "missing_files": detail["missing_files"],
+        "job": {"queued_position": job["queue_position"], "trusts": len(job["trust_ids"]), "final": stopped["status"]},
+    }
 
 
 def _download(ctx: DemoContext, token: str, path: str) -> bytes:
@@ -810,6 +841,10 @@ PHASES: list[Phase] = [
     Phase("cohort", "Create a project and run its cohort query at every trust", run_cohort_query),
     Phase("project", "Stage, approve, and freeze the cohort at each approving trust", run_approvals),
     Phase("imaging", "Approve an imaging project; each trust imports its studies from its PACS", run_imaging),
-    Phase("models", "Create a model; upload and scan its files; a poisoned checkpoint is blocked", create_model),
+    Phase(
+        "models",
+        "Create a model; upload and scan its files (a poisoned checkpoint is blocked); queue and stop training",
+        create_model,
+    ),
     Phase("audit", "Verify the audit chain", verify_audit_chain),
 ]
