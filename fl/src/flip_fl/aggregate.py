@@ -10,7 +10,7 @@ temporaries. ``make bench-agg`` compares the throughput with a plain memory copy
 
 (A blocked variant, which builds each cache-sized block of the result from every update so that each
 update is read once, moves fewer bytes in theory; measured on the 2-core development VM it was slower,
-12.5 against 20.7 GB/s, because each small operation pays a fixed cost.)
+12.5 against 17.4 GB/s in ``make bench-agg``, because each small operation pays a fixed cost.)
 
 Floating-point arrays are accumulated in float32 (float64 for float64 arrays) and returned in their own
 type. Integer arrays (such as BatchNorm's ``num_batches_tracked``) are averaged in float64 and rounded.
