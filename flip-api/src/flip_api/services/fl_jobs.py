@@ -27,12 +27,11 @@ from flip_api.db.models import (
     Model,
     ModelFile,
     ModelStatus,
-    ProjectTrust,
     Trust,
-    TrustDecision,
 )
 from flip_api.services import audit
 from flip_api.services.audit import Actor
+from flip_api.services.imaging import approved_trusts
 from flip_api.services.job_types import job_type_spec, missing_files
 from flip_api.services.models import ACTIVE_MODEL_STATES, MODEL_SUBJECT, get_model, jobs_ahead, model_for_change
 from flip_api.services.rbac import Principal
@@ -93,21 +92,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _approved_trusts(db: AsyncSession, project_id: uuid.UUID) -> dict[uuid.UUID, Trust]:
-    rows = await db.scalars(
-        select(Trust)
-        .join(ProjectTrust, ProjectTrust.trust_id == Trust.id)
-        .where(ProjectTrust.project_id == project_id, ProjectTrust.decision == TrustDecision.APPROVED)
-    )
-    return {t.id: t for t in rows.all()}
-
-
 async def _selected(db: AsyncSession, project_id: uuid.UUID, trust_ids: Sequence[uuid.UUID] | None) -> list[Trust]:
-    approved = await _approved_trusts(db, project_id)
+    approved = {t.id: t for t in await approved_trusts(db, project_id)}
     if trust_ids is None:
         if not approved:
             raise ApiError("no trust has approved this project", code="trust_not_approved")
-        return sorted(approved.values(), key=lambda t: t.code)
+        return sorted(approved.values(), key=lambda t: t.code)  # the job lists trusts by code
     chosen: list[Trust] = []
     for trust_id in dict.fromkeys(trust_ids):  # duplicates count once
         trust = approved.get(trust_id)

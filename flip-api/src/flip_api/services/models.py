@@ -105,20 +105,16 @@ async def model_for_change(
     return model, project
 
 
-async def model_view(db: AsyncSession, model: Model) -> ModelView:
+async def model_view_with_trusts(db: AsyncSession, model: Model) -> ModelView:
+    """The model with its files, where it trains, and its latest job (with its place in the queue)."""
     files = await db.scalars(
         select(ModelFile).where(ModelFile.model_id == model.id).order_by(ModelFile.name, ModelFile.created_at)
     )
-    return ModelView(model, job_type_spec(model.backend, model.job_type), list(files.all()), [])
-
-
-async def model_view_with_trusts(db: AsyncSession, model: Model) -> ModelView:
-    """The model with its files, where it trains, and its latest job (with its place in the queue)."""
-    view = await model_view(db, model)
     job = await db.scalar(select(FlJob).where(FlJob.model_id == model.id).order_by(FlJob.queued_at.desc()).limit(1))
     position = await jobs_ahead(db, job) + 1 if job is not None and job.status is ModelStatus.QUEUED else None
     trusts = await approved_trusts(db, model.project_id)
-    return ModelView(view.model, view.spec, view.files, trusts, job, position)
+    spec = job_type_spec(model.backend, model.job_type)
+    return ModelView(model, spec, list(files.all()), trusts, job, position)
 
 
 async def jobs_ahead(db: AsyncSession, job: FlJob) -> int:
