@@ -6,6 +6,7 @@
     flip admin register-trust      register a trust and write its kit (mode 0600)
     flip audit verify              recompute the audit log's hash chain
     flip trust serve --kit FILE    run a trust agent (outbound only: long-polls the hub for work)
+    flip fl-net serve              run an FL net (Flower SuperLink + the control API the hub drives)
     flip demo                      the end-to-end walkthrough on embedded defaults
 
 Configuration comes from the environment (``DATABASE_URL``, ``FLIP_STATE_DIR``, ``FLIP_*``; see
@@ -30,6 +31,7 @@ from flip_cli.admin import admin
 from flip_cli.audit import audit
 from flip_cli.demo import demo
 from flip_cli.errors import EXIT_CODE_TABLE
+from flip_cli.fl_net import fl_net
 from flip_cli.hub import hub
 from flip_cli.trust import trust
 
@@ -45,6 +47,7 @@ cli.add_command(admin)
 cli.add_command(audit)
 cli.add_command(demo)
 cli.add_command(trust)
+cli.add_command(fl_net)
 
 
 def main() -> None:

@@ -24,6 +24,15 @@ def test_defaults_and_job_type_strategies() -> None:
     assert evaluation.rounds == 1
 
 
+def test_project_id_is_read_for_the_trainer_sdk() -> None:
+    assert _settings().project_id == ""
+    assert _settings(project_id=" 3f2c8f0e-0000-4000-8000-000000000001 ").project_id == (
+        "3f2c8f0e-0000-4000-8000-000000000001"
+    )
+    with pytest.raises(RunConfigError, match="project_id"):
+        _settings(project_id=7)
+
+
 def test_job_config_is_a_json_object() -> None:
     assert _settings(job_config='{"lr": 0.1}').job_config == {"lr": 0.1}
     with pytest.raises(RunConfigError, match="job_config"):
@@ -58,8 +67,8 @@ def test_invalid_values_are_refused_naming_the_key(config: dict[str, bool | int 
 
 def test_the_template_declares_every_key_the_settings_read() -> None:
     declared = tomllib.loads((TEMPLATE_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    read = {"job_id", "job_type", "strategy", "rounds", "selected", "min_clients", "round_timeout_s", "seed",
-            "final_evaluation", "server_lr", "beta1", "beta2", "tau", "job_config", "report_file", "output_dir",
+    read = {"job_id", "project_id", "job_type", "strategy", "rounds", "selected", "min_clients", "round_timeout_s",
+            "seed", "final_evaluation", "server_lr", "beta1", "beta2", "tau", "job_config", "report_file", "output_dir",
             "checkpoint_path", "bundle_sha256"}  # fmt: skip
     assert set(declared) == read
     # The template's own defaults are valid once trusts are selected.

@@ -4,7 +4,8 @@ In the embedded default it runs inside the API process; in production run it as 
 leave it on in every replica: each tick only does work if it wins the lock).  Each tick fails tasks
 whose last allowed lease ran out, so that failures are visible without waiting for the next lease,
 asks trusts for a fresh status of imaging imports that are still running, rescans model files a crash
-left in quarantine, and fails training jobs that waited in the queue past their bound.
+left in quarantine, fails training jobs that waited in the queue past their bound, and runs the FL
+scheduler (assigns queued jobs to free FL nets, submits them, watches their runs; see ``fl_runs``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.state import HubState
 from flip_api.db.session import transaction
-from flip_api.services import fl_jobs, model_files
+from flip_api.services import fl_jobs, fl_runs, model_files
 from flip_api.services.imaging import refresh_statuses
 from flip_api.services.tasks import fail_exhausted_leases
 
 log = logging.getLogger(__name__)
 
 WORKER_LOCK = 726003
+# Held (session-level) for the length of the FL scheduler's pass, which calls FL nets between transactions.
+FL_SCHEDULER_LOCK = 726004
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class TickReport:
     files_rescanned: int = 0  # model files stuck in scanning (or uploaded but never completed), scanned again
     uploads_expired: int = 0  # presigned uploads dropped: nothing arrived before they expired
     jobs_expired: int = 0  # training jobs no FL net took within FLIP_FL_QUEUE_TIMEOUT_S
+    fl: fl_runs.SchedulerReport | None = None  # the FL scheduler's pass (None: another worker ran it)
 
 
 async def _won(db: AsyncSession) -> bool:
@@ -59,6 +63,7 @@ async def run_once(hub: HubState) -> TickReport | None:
     async with transaction(hub.sessions) as db:
         won = await _won(db)
     swept = await model_files.sweep(hub) if won else model_files.SweepReport()
+    scheduled = await _schedule(hub) if won else None
     if failed:
         log.info("failed tasks whose leases ran out", extra={"tasks": failed})
     if expired:
@@ -67,7 +72,23 @@ async def run_once(hub: HubState) -> TickReport | None:
         log.info("model files swept", extra={"rescanned": swept.rescanned, "expired": swept.expired})
     if refreshed:
         log.info("asked trusts for imaging status", extra={"tasks": refreshed})
-    return TickReport(failed, refreshed, swept.rescanned, swept.expired, expired)
+    return TickReport(failed, refreshed, swept.rescanned, swept.expired, expired, scheduled)
+
+
+async def _schedule(hub: HubState) -> fl_runs.SchedulerReport | None:
+    """The FL scheduler's pass, under a session-level lock so that two workers never drive a net at once."""
+    async with hub.engine.connect() as conn:
+        if not await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": FL_SCHEDULER_LOCK}):
+            return None
+        await conn.commit()
+        try:
+            report = await fl_runs.tick(hub)
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FL_SCHEDULER_LOCK})
+            await conn.commit()
+    if report.assigned or report.submitted or report.failed or report.released:
+        log.info("FL scheduler", extra={**report.__dict__})
+    return report
 
 
 async def run_worker(hub: HubState, interval_s: float) -> None:

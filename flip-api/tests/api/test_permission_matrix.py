@@ -59,6 +59,7 @@ class World:
     imaging: uuid.UUID | None = None  # owned by OWNER, VIEWER a member, approved at trust1 (only when asked for)
     model: uuid.UUID | None = None  # a model of the imaging project, with one clean file
     model_file: uuid.UUID | None = None
+    job: uuid.UUID | None = None  # the model's queued training job (only when asked for)
 
 
 async def arrange(
@@ -111,7 +112,7 @@ async def arrange(
     async with hub.sessions() as s:
         request_id = await s.scalar(select(AccessRequest.id).where(AccessRequest.email == email))
     assert request_id is not None
-    imaging_project = model = model_file = None
+    imaging_project = model = model_file = job = None
     if imaging:
         # An imaging project approved at trust1 by its Trust Admin (an approval queues work at trust1, so
         # this comes before the ping below is leased).
@@ -145,6 +146,7 @@ async def arrange(
         if queued:  # a training job waiting in the queue
             r = await client.post(f"/api/models/{model}/jobs", headers=owner.headers, json={})
             assert r.status_code == 201, r.text
+            job = uuid.UUID(r.json()["id"])
     async with transaction(hub.sessions) as s:
         task = await enqueue_task(s, hub, t1.trust, TaskType.PING, {"message": "matrix"})
     r = await client.post("/api/trust/tasks/lease", headers=headers[Caller.TRUST_KEY], json={"types": ["ping"]})
@@ -167,6 +169,7 @@ async def arrange(
         imaging_project,
         model,
         model_file,
+        job,
     )
 
 
@@ -583,6 +586,21 @@ MATRIX: list[Row] = [
     ),
     row("GET", M + "/jobs", READERS, lambda w, c: ("GET", f"/api/models/{w.model}/jobs", None), queued=True),
     row(
+        "GET",
+        M + "/jobs/{job_id}",
+        READERS,
+        lambda w, c: ("GET", f"/api/models/{w.model}/jobs/{w.job}", None),
+        queued=True,
+    ),
+    row(
+        "GET",
+        M + "/jobs/{job_id}/results/{name}",
+        READERS,
+        lambda w, c: ("GET", f"/api/models/{w.model}/jobs/{w.job}/results/model.pt", None),
+        queued=True,
+        accepted=frozenset({404}),  # a queued job has no results yet: refused only after authorisation
+    ),
+    row(
         "POST",
         M + "/stop",
         {Caller.OWNER, Caller.ADMIN},
@@ -593,6 +611,35 @@ MATRIX: list[Row] = [
     row("GET", "/api/audit", ADMIN_ONLY),
     row("GET", "/api/audit/export", ADMIN_ONLY, lambda w, c: ("GET", "/api/audit/export?format=csv", None)),
     row("GET", "/api/audit/verify", ADMIN_ONLY),
+    # FL nets: the admin's registry; the net's own routes take the net key, which no user or trust holds.
+    row("GET", "/api/fl/nets", ADMIN_ONLY),
+    row(
+        "POST",
+        "/api/fl/nets",
+        ADMIN_ONLY,
+        lambda w, c: ("POST", "/api/fl/nets", {"name": uuid.uuid4().hex[:8], "endpoint": "http://127.0.0.1:9"}),
+    ),
+    row(
+        "PATCH",
+        "/api/fl/nets/{net_id}",
+        ADMIN_ONLY,
+        lambda w, c: ("PATCH", f"/api/fl/nets/{uuid.uuid4()}", {"enabled": False}),
+        accepted=frozenset({404}),  # no such net: refused only after authorisation
+    ),
+    row("POST", "/api/fl/events", set(), lambda w, c: ("POST", "/api/fl/events", b"{}")),
+    row(
+        "PUT",
+        "/api/fl/jobs/{job_id}/results/{name}",
+        set(),
+        lambda w, c: ("PUT", f"/api/fl/jobs/{uuid.uuid4()}/results/model.pt", b"weights"),
+    ),
+    row(
+        "PUT",
+        "/api/trust/fl/node-key",
+        {Caller.TRUST_KEY},
+        lambda w, c: ("PUT", "/api/trust/fl/node-key", {"public_key": "ecdsa-sha2-nistp384 " + "A" * 120}),
+    ),
+    row("GET", "/api/trust/fl/nets", {Caller.TRUST_KEY}),
 ]
 
 # Public routes are covered by the route inventory test; the matrix covers everything else.

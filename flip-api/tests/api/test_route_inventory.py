@@ -15,6 +15,7 @@ from fastapi.dependencies.models import Dependant
 from hub_testing import api_routes, framework_paths
 
 from flip_api.api.deps import get_principal, get_trust
+from flip_api.api.routes.fl import reporting_net
 
 # (method, path) -> why it is public.
 PUBLIC_ROUTES: dict[tuple[str, str], str] = {
@@ -29,7 +30,7 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
 # Framework routes that are not APIRoutes (OpenAPI schema, interactive docs).
 PUBLIC_FRAMEWORK_PATHS = {"/api/openapi.json", "/api/docs", "/api/docs/oauth2-redirect"}
 
-AUTH_DEPENDENCIES = {get_principal, get_trust}
+AUTH_DEPENDENCIES = {get_principal, get_trust, reporting_net}  # users; trust agents; FL nets (net key)
 MIN_ROUTES = 60  # a floor: fails if a router (e.g. cohorts) drops out
 
 

@@ -800,7 +800,7 @@ def create_model(ctx: DemoContext) -> PhaseResult:
         f"position {job['queue_position']} in the Flower queue",
     )
     stopped = client.call("POST", f"/api/models/{model_id}/stop", token=researcher.token)
-    ctx.say(researcher.role, f"stopped it while queued -> {stopped['status']} (no FL net runs jobs yet)")
+    ctx.say(researcher.role, f"stopped it while queued -> {stopped['status']} (the demo does not start an FL net yet)")
     return {
         "id": model_id,
         "files": statuses,

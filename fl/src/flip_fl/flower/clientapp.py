@@ -10,6 +10,11 @@ Before any researcher code is imported, the instruction's trust code is compared
 SuperNode's own (its node config ``trust``): an instruction meant for another trust is refused. A
 failure in researcher code is logged here, at the trust, in full; the server only learns the
 exception's type.
+
+While the researcher's code runs, the trainer SDK (``flip``) knows the job's project, this trust and
+the round, so ``flip.get_dataframe`` / ``flip.get_images`` read this trust's data; metrics logged with
+``flip.log_metric`` are merged into the reply's metrics (the dict ``train`` / ``evaluate`` returned wins
+a clash) before the usual checks.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, MetricRecord, MetricRecordValues, RecordDict
 
+from flip.context import LoggedMetric, job_step
 from flip_fl.flower import protocol
 from flip_fl.flower.researcher import researcher_module, seed_everything
 from flip_fl.flower.weights import from_record, from_state_dict, to_record, to_state_dict
@@ -59,32 +65,42 @@ def _answer(message: Message, context: Context, app_dir: Path, phase: str) -> Re
         raise _Refused(protocol.ERROR_TRUST_MISMATCH, "refused: the instruction is addressed to another trust")
     round_number = _int(config.get("round"))
     seed = _int(config.get("seed"))
+    project_id = context.run_config.get("project_id", "")
     try:
-        user_config: dict[str, Any] = {
-            **_json_file(app_dir / USER_CONFIG_FILE),
-            **_job_config(context.run_config.get("job_config", "{}")),
-            "round": round_number,
-            "seed": seed,
-            "trust": own,
-            "job_type": str(config.get("job_type", "")),
-        }
-        seed_everything(seed * 1000 + round_number)
-        researcher = researcher_module(app_dir, "client_app")
-        model = researcher_module(app_dir, "models").get_model()
-        weights = from_record(message.content.array_records[protocol.WEIGHTS])
-        model.load_state_dict(to_state_dict(weights))
-        step = researcher.train if phase == protocol.TRAIN else researcher.evaluate
-        raw = step(model, user_config)
-        trained = from_state_dict(model.state_dict()) if phase == protocol.TRAIN else None
+        # The trainer SDK's context (project, this trust, round) is set for exactly the researcher's step.
+        with job_step(project_id.strip() if isinstance(project_id, str) else "", own, round_number) as sdk_step:
+            user_config: dict[str, Any] = {
+                **_json_file(app_dir / USER_CONFIG_FILE),
+                **_job_config(context.run_config.get("job_config", "{}")),
+                "round": round_number,
+                "seed": seed,
+                "trust": own,
+                "job_type": str(config.get("job_type", "")),
+            }
+            seed_everything(seed * 1000 + round_number)
+            researcher = researcher_module(app_dir, "client_app")
+            model = researcher_module(app_dir, "models").get_model()
+            weights = from_record(message.content.array_records[protocol.WEIGHTS])
+            model.load_state_dict(to_state_dict(weights))
+            step = researcher.train if phase == protocol.TRAIN else researcher.evaluate
+            raw = step(model, user_config)
+            trained = from_state_dict(model.state_dict()) if phase == protocol.TRAIN else None
     except Exception as exc:
         logger.exception("the researcher's %s failed at trust %s (round %s)", phase, own, round_number)
         raise _Refused(protocol.ERROR_TRAINER_FAILED, f"{phase} raised {type(exc).__name__}") from exc
-    metrics = _check_metrics(raw, phase)
+    metrics = _check_metrics(_with_logged_metrics(raw, sdk_step.metrics), phase)
     values: dict[str, MetricRecordValues] = dict(metrics)
     content = RecordDict({protocol.METRICS: MetricRecord(values)})
     if trained is not None:
         content[protocol.WEIGHTS] = to_record(trained)
     return content
+
+
+def _with_logged_metrics(raw: object, logged: list[LoggedMetric]) -> object:
+    """The returned metrics over those logged with ``flip.log_metric`` (the returned dict wins a clash)."""
+    if not isinstance(raw, Mapping) or not logged:
+        return raw
+    return {**{metric.label: metric.value for metric in logged}, **raw}
 
 
 def _check_metrics(raw: object, phase: str) -> dict[str, float]:

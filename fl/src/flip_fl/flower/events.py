@@ -8,109 +8,63 @@ Delivery: when ``FLIP_FL_REPORT_URL`` is set, each event is POSTed there as JSON
 ``X-FLIP-Internal-Key: $FLIP_FL_REPORT_KEY``; otherwise it is appended as one JSON line to the run's
 ``report_file``. Reporting never stops a run: a hub that cannot be reached is logged and retried a
 few times, then the event is dropped.
+
+Results: when ``FLIP_FL_RESULTS_URL`` is set (``<hub>/api/fl/jobs``), :meth:`Reporter.upload` PUTs each
+result file to ``<url>/<job_id>/results/<name>`` with the same key, before ``run_completed`` is sent.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+# The event models live in flip-core, which the hub shares; they are re-exported here for the FL side.
+from flip_core.fl_events import (
+    INTERNAL_KEY_HEADER,
+    MAX_REASON_LENGTH,
+    RUN_EVENT,
+    Metrics,
+    RoundCompleted,
+    RoundStarted,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunStarted,
+    TrustDropped,
+    parse_event,
+    sanitise,
+)
+
+__all__ = [
+    "INTERNAL_KEY_HEADER",
+    "MAX_REASON_LENGTH",
+    "REPORT_KEY_ENV",
+    "REPORT_URL_ENV",
+    "RESULTS_URL_ENV",
+    "RUN_EVENT",
+    "Metrics",
+    "Reporter",
+    "RoundCompleted",
+    "RoundStarted",
+    "RunCompleted",
+    "RunEvent",
+    "RunFailed",
+    "RunStarted",
+    "TrustDropped",
+    "parse_event",
+    "read_report",
+    "sanitise",
+]
 
 REPORT_URL_ENV = "FLIP_FL_REPORT_URL"
 REPORT_KEY_ENV = "FLIP_FL_REPORT_KEY"
-INTERNAL_KEY_HEADER = "X-FLIP-Internal-Key"
-MAX_REASON_LENGTH = 300
+RESULTS_URL_ENV = "FLIP_FL_RESULTS_URL"
 
 logger = logging.getLogger(__name__)
-
-Metrics = dict[str, float]
-
-
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    job_id: str
-    run_id: int
-    at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
-
-
-class RunStarted(_Event):
-    """The ServerApp found the selected trusts it could reach and is about to start round 1."""
-
-    event: Literal["run_started"] = "run_started"
-    job_type: str
-    strategy: str
-    rounds: int
-    min_clients: int
-    selected: list[str]
-    participants: list[str]
-    seed: int
-
-
-class RoundStarted(_Event):
-    """A round's messages went out to these trusts (``round`` 0 is nothing; evaluation is 1)."""
-
-    event: Literal["round_started"] = "round_started"
-    round: int
-    phase: Literal["train", "evaluate"]
-    trusts: list[str]
-
-
-class RoundCompleted(_Event):
-    """A round ended with enough replies: each trust's metrics and their example-weighted mean."""
-
-    event: Literal["round_completed"] = "round_completed"
-    round: int
-    phase: Literal["train", "evaluate"]
-    metrics: dict[str, Metrics]
-    aggregated: Metrics
-
-
-class TrustDropped(_Event):
-    """A selected trust did not take part in a round: offline, timed out, failed or replied badly."""
-
-    event: Literal["trust_dropped"] = "trust_dropped"
-    round: int
-    trust: str
-    reason: str
-
-
-class RunCompleted(_Event):
-    """The run finished; the final model and its lineage are in the output directory."""
-
-    event: Literal["run_completed"] = "run_completed"
-    rounds_completed: int
-    model_file: str
-    lineage_file: str
-    model_sha256: str
-
-
-class RunFailed(_Event):
-    """The run stopped early; ``reason`` is short and safe to show to the researcher."""
-
-    event: Literal["run_failed"] = "run_failed"
-    reason: str
-    round: int | None = None
-
-
-RunEvent = Annotated[
-    RunStarted | RoundStarted | RoundCompleted | TrustDropped | RunCompleted | RunFailed,
-    Field(discriminator="event"),
-]
-RUN_EVENT: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
-
-
-def parse_event(line: str | bytes) -> RunEvent:
-    """One event from its JSON form (a line of a report file, or a POST body)."""
-    return RUN_EVENT.validate_json(line)
 
 
 def read_report(path: Path) -> list[RunEvent]:
@@ -118,16 +72,6 @@ def read_report(path: Path) -> list[RunEvent]:
     if not path.exists():
         return []
     return [parse_event(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def sanitise(reason: str) -> str:
-    """A one-line reason of bounded length (no control characters, no multi-line tracebacks)."""
-    first = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
-    text = _CONTROL.sub(" ", first).strip()
-    return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 1] + "…"
 
 
 class Reporter:
@@ -139,10 +83,12 @@ class Reporter:
         url: str | None = None,
         key: str | None = None,
         report_file: Path | None = None,
+        results_url: str | None = None,
         attempts: int = 3,
         timeout_s: float = 5.0,
     ) -> None:
         self._url = url
+        self._results_url = results_url
         self._key = key or ""
         self._file = report_file
         self._attempts = max(1, attempts)
@@ -153,7 +99,8 @@ class Reporter:
         """The hub's internal route when the environment names one, else the run's report file."""
         url = os.environ.get(REPORT_URL_ENV, "").strip()
         if url:
-            return cls(url=url, key=os.environ.get(REPORT_KEY_ENV, ""))
+            results = os.environ.get(RESULTS_URL_ENV, "").strip() or None
+            return cls(url=url, key=os.environ.get(REPORT_KEY_ENV, ""), results_url=results)
         return cls(report_file=Path(report_file) if report_file else None)
 
     def emit(self, event: RunEvent) -> None:
@@ -170,29 +117,46 @@ class Reporter:
             except OSError as exc:
                 logger.warning("could not write the report file %s: %s", self._file, exc)
 
+    @property
+    def uploads(self) -> bool:
+        """Whether result files go to the hub (else they stay in the run's output directory)."""
+        return self._results_url is not None
+
+    def upload(self, job_id: str, path: Path) -> bool:
+        """PUT one result file to the hub; True when the hub stored it (or there is no hub to send to)."""
+        if self._results_url is None:
+            return True
+        url = f"{self._results_url.rstrip('/')}/{job_id}/results/{path.name}"
+        return self._send(url, path.read_bytes(), "PUT", "application/octet-stream", f"result {path.name}")
+
     def _post(self, body: bytes) -> None:
         assert self._url is not None
-        if not self._url.startswith(("http://", "https://")):
-            logger.warning("%s must be an http(s) URL; event dropped", REPORT_URL_ENV)
-            return
+        if not self._send(self._url, body, "POST", "application/json", "event"):
+            logger.warning("event dropped")
+
+    def _send(self, url: str, body: bytes, method: str, content_type: str, what: str) -> bool:
+        if not url.startswith(("http://", "https://")):
+            logger.warning("the hub URL must be http(s); %s dropped", what)
+            return False
         request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
-            self._url,
+            url,
             data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", INTERNAL_KEY_HEADER: self._key},
+            method=method,
+            headers={"Content-Type": content_type, INTERNAL_KEY_HEADER: self._key},
         )
         for attempt in range(self._attempts):
             try:
                 with urllib.request.urlopen(request, timeout=self._timeout_s) as response:  # noqa: S310
                     if 200 <= response.status < 300:
-                        return
+                        return True
             except urllib.error.HTTPError as exc:
                 if 400 <= exc.code < 500:
-                    logger.warning("the hub refused an event (HTTP %s); not retried", exc.code)
-                    return
-                logger.warning("the hub answered HTTP %s to an event", exc.code)
+                    logger.warning("the hub refused the %s (HTTP %s); not retried", what, exc.code)
+                    return False
+                logger.warning("the hub answered HTTP %s to the %s", exc.code, what)
             except (urllib.error.URLError, OSError) as exc:
-                logger.warning("could not reach the hub to report an event: %s", exc)
+                logger.warning("could not reach the hub to send the %s: %s", what, exc)
             if attempt + 1 < self._attempts:
                 time.sleep(0.5 * 2**attempt)
-        logger.warning("event dropped after %d attempts", self._attempts)
+        logger.warning("the %s was not delivered after %d attempts", what, self._attempts)
+        return False

@@ -164,6 +164,15 @@ class _Managed:
         """Where the process's output goes."""
         return self._process.log_path
 
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self._process.running()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the process's output (for a supervisor's error message)."""
+        return "\n".join(self._process.log_text().splitlines()[-lines:])
+
     def __enter__(self) -> Self:
         return self
 
@@ -182,13 +191,15 @@ class SuperLinkProcess(_Managed):
         port: int | None = None,
         env: Mapping[str, str] | None = None,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        fleet_host: str = HOST,
     ) -> None:
         self.workdir = workdir
         self.tls = tls
         self.port = port or free_port()
+        self.fleet_host = fleet_host
         argv = [
             _executable("flower-superlink"),
-            "--host", HOST,
+            "--host", fleet_host,
             "--port", str(self.port),
             "--isolation", "subprocess",
             "--disable-runtime-dependency-installation",

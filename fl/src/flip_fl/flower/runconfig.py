@@ -51,6 +51,7 @@ class JobSettings:
     round_timeout_s: float
     seed: int
     job_id: str = ""
+    project_id: str = ""
     report_file: str = ""
     output_dir: str = ""
     checkpoint_path: str = ""
@@ -101,6 +102,7 @@ class JobSettings:
             round_timeout_s=timeout,
             seed=_integer(config, "seed", 0),
             job_id=_text(config, "job_id", ""),
+            project_id=_text(config, "project_id", ""),
             report_file=_text(config, "report_file", ""),
             output_dir=_text(config, "output_dir", ""),
             checkpoint_path=checkpoint,

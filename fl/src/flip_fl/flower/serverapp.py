@@ -157,6 +157,9 @@ def _run(grid: Grid, run: _Run, app_dir: Path) -> None:
         if s.final_evaluation:
             _round(grid, run, s.rounds, "evaluate", weights)
     model_file, lineage_file, digest = _write_outputs(run, weights, completed)
+    for result in (model_file, lineage_file):
+        if result and not run.reporter.upload(run.job_id, Path(result)):
+            raise RunFailure(f"the result {Path(result).name} could not be uploaded to the hub", completed)
     run.reporter.emit(
         RunCompleted(
             job_id=run.job_id,

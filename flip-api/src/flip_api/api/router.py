@@ -7,6 +7,7 @@ from flip_api.api.routes import (
     audit,
     auth,
     cohorts,
+    fl,
     health,
     imaging,
     models,
@@ -27,4 +28,5 @@ api_router.include_router(projects.router)
 api_router.include_router(cohorts.router)
 api_router.include_router(imaging.router)
 api_router.include_router(models.router)
+api_router.include_router(fl.router)
 api_router.include_router(audit.router)

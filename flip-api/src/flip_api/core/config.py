@@ -88,6 +88,13 @@ class HubSettings(FlipSettings):
     scan_stuck_s: int = Field(600, ge=60, le=86400, validation_alias="FLIP_SCAN_STUCK_S")
     # A training job no FL net has taken after this long becomes ERROR (no job stays QUEUED forever).
     fl_queue_timeout_s: float = Field(86400.0, gt=0, le=30 * 86400, validation_alias="FLIP_FL_QUEUE_TIMEOUT_S")
+    # The watchdog's bounds on a job an FL net took: submitted within FLIP_FL_PREPARE_TIMEOUT_S; no sign of
+    # life (event, or the net answering for the run) for FLIP_FL_RUN_SILENCE_S; a run the net says ended
+    # without reporting its end within FLIP_FL_REPORT_GRACE_S; and no run longer than FLIP_FL_RUN_MAX_S.
+    fl_prepare_timeout_s: float = Field(600.0, gt=0, le=86400, validation_alias="FLIP_FL_PREPARE_TIMEOUT_S")
+    fl_run_silence_s: float = Field(900.0, gt=0, le=7 * 86400, validation_alias="FLIP_FL_RUN_SILENCE_S")
+    fl_report_grace_s: float = Field(60.0, gt=0, le=86400, validation_alias="FLIP_FL_REPORT_GRACE_S")
+    fl_run_max_s: float = Field(7 * 86400.0, gt=0, le=90 * 86400, validation_alias="FLIP_FL_RUN_MAX_S")
 
     @field_validator("state_dir")
     @classmethod

@@ -1,6 +1,8 @@
 """The data-access-api's HTTP surface, inside the trust only (the agent and, later, FL trainers call it).
 
-Every route but ``/health`` needs the trust's internal key.  Every route declares what it lets out in
+Every route but ``/health`` needs the trust's internal key.  The two row-level routes FL trainers read
+(``/cohort/dataframe``, ``/cohort/accession-ids``) also accept the trainer key (``FLIP_TRAINER_KEY``),
+which opens nothing else.  Every route declares what it lets out in
 ``openapi_extra[DISCLOSURE]``:
 
 * ``gated`` — aggregates; every number in the response model is a :class:`~flip_core.cohort.GatedCount`
@@ -99,8 +101,22 @@ class Health(BaseModel):
     omop: ServiceState
 
 
+TRAINER_KEY_HEADER = "X-FLIP-Trainer-Key"
+"""Header of the trainer key: the trust's FL trainers' key, good for the row-level read routes only."""
+
 _key_header = APIKeyHeader(name=INTERNAL_KEY_HEADER, auto_error=False, description="the trust's internal key")
 PresentedKey = Annotated[str | None, Depends(_key_header)]
+_trainer_header = APIKeyHeader(
+    name=TRAINER_KEY_HEADER, auto_error=False, description="the trust's trainer key (row-level reads only)"
+)
+PresentedTrainerKey = Annotated[str | None, Depends(_trainer_header)]
+
+
+def _same_key(presented: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; a key that is missing or not configured never matches."""
+    if not presented or not expected:
+        return False
+    return secrets.compare_digest(presented.encode(), expected.encode())
 
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -113,8 +129,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def create_app(service: CohortService, internal_key: str) -> FastAPI:
-    """The application around one trust's :class:`CohortService`."""
+def create_app(service: CohortService, internal_key: str, trainer_key: str | None = None) -> FastAPI:
+    """The application around one trust's :class:`CohortService`.
+
+    ``trainer_key``: when given, it is accepted (besides the internal key) on the routes FL trainers read.
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -127,10 +146,15 @@ def create_app(service: CohortService, internal_key: str) -> FastAPI:
     app = FastAPI(title="FLIP data-access-api", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
     async def internal_caller(key: PresentedKey) -> None:
-        if not key or not secrets.compare_digest(key.encode(), internal_key.encode()):
+        if not _same_key(key, internal_key):
             raise CohortError(CohortErrorCode.INTERNAL_ERROR, "internal key missing or wrong", status=401)
 
+    async def trainer_or_internal_caller(key: PresentedKey, trainer: PresentedTrainerKey) -> None:
+        if not (_same_key(key, internal_key) or _same_key(trainer, trainer_key)):
+            raise CohortError(CohortErrorCode.INTERNAL_ERROR, "internal or trainer key missing or wrong", status=401)
+
     Internal = Depends(internal_caller)
+    TrainerOrInternal = Depends(trainer_or_internal_caller)
 
     @app.exception_handler(CohortError)
     async def _cohort_error(_: Request, exc: CohortError) -> JSONResponse:
@@ -198,7 +222,7 @@ def create_app(service: CohortService, internal_key: str) -> FastAPI:
     @app.post(
         "/cohort/dataframe",
         response_model=DataframeResponse,
-        dependencies=[Internal],
+        dependencies=[TrainerOrInternal],
         openapi_extra=disclosure("row-level"),
     )
     async def dataframe(body: DataframeRequest) -> DataframeResponse:
@@ -210,7 +234,7 @@ def create_app(service: CohortService, internal_key: str) -> FastAPI:
     @app.post(
         "/cohort/accession-ids",
         response_model=AccessionIdsResponse,
-        dependencies=[Internal],
+        dependencies=[TrainerOrInternal],
         openapi_extra=disclosure("row-level"),
     )
     async def accession_ids(body: AccessionIdsRequest) -> AccessionIdsResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from flip_core.cohort import DEFAULT_MIN_K, MAX_K
 from flip_core.contract import KitFileError, TrustKit, read_kit_file
@@ -38,6 +38,18 @@ class DataAccessSettings(FlipSettings):
     port: int = Field(0, ge=0, le=65535, validation_alias="FLIP_DATA_ACCESS_PORT")
     log_level: str = Field("INFO", validation_alias="FLIP_LOG_LEVEL")
     log_json: bool = Field(True, validation_alias="FLIP_LOG_JSON")
+    trainer_key: SecretStr | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        validation_alias="FLIP_TRAINER_KEY",
+        description="lets the trust's FL trainers read a frozen cohort's rows (and nothing else); unset: refused",
+    )
+
+    @field_validator("trainer_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def resolve_state_dir(self, kit: TrustKit) -> Path:
         """``FLIP_DATA_ACCESS_STATE_DIR``, else ``$FLIP_STATE_DIR/data-access-<code>``."""
@@ -49,6 +61,15 @@ class DataAccessSettings(FlipSettings):
         if self.omop_url is None:
             raise DataAccessConfigError("set FLIP_DATA_ACCESS_OMOP_URL to the OMOP database (read-only role)")
         return to_conninfo(self.omop_url.get_secret_value())
+
+    def trainer_secret(self, kit: TrustKit) -> str | None:
+        """``FLIP_TRAINER_KEY``, refused when it equals the internal key (trainers would get every route)."""
+        if self.trainer_key is None:
+            return None
+        value = self.trainer_key.get_secret_value()
+        if value == kit.internal_key:
+            raise DataAccessConfigError("FLIP_TRAINER_KEY must differ from the trust's internal key")
+        return value
 
 
 def to_conninfo(url: str) -> str:

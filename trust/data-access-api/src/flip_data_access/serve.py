@@ -23,9 +23,10 @@ ANNOUNCEMENT = "data-access-api listening on:"
 """Start of the stdout line giving the service's URL (its port is chosen at start when 0)."""
 
 
-def build_service(settings: DataAccessSettings) -> tuple[CohortService, str]:
-    """The service and the internal key that guards it, from settings and the trust kit."""
+def build_service(settings: DataAccessSettings) -> tuple[CohortService, str, str | None]:
+    """The service, the internal key that guards it and the trainer key (if set), from settings and the kit."""
     kit = read_kit(settings.kit_file)
+    trainer_key = settings.trainer_secret(kit)
     state = settings.resolve_state_dir(kit)
     service = CohortService(
         db=OmopDatabase(
@@ -38,7 +39,7 @@ def build_service(settings: DataAccessSettings) -> tuple[CohortService, str]:
         snapshots=SnapshotStore(state / "snapshots", max_bytes=settings.snapshot_max_bytes),
         seed=perturbation_seed(state),
     )
-    return service, kit.internal_key
+    return service, kit.internal_key, trainer_key
 
 
 def run(
@@ -48,8 +49,8 @@ def run(
     configure_logging("flip-data-access-api", settings.log_level, json_output=settings.log_json)
     for chatty in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    service, internal_key = build_service(settings)
-    app = create_app(service, internal_key)
+    service, internal_key, trainer_key = build_service(settings)
+    app = create_app(service, internal_key, trainer_key)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
@@ -63,7 +64,10 @@ def run(
             await asyncio.sleep(0.05)
         if server.started:
             announce(f"{ANNOUNCEMENT} http://{host}:{port}")
-            log.info("data-access-api ready", extra={"url": f"http://{host}:{port}", "k": settings.min_k})
+            log.info(
+                "data-access-api ready",
+                extra={"url": f"http://{host}:{port}", "k": settings.min_k, "trainer_key": trainer_key is not None},
+            )
         await serving
 
     asyncio.run(main())

@@ -1,7 +1,8 @@
 """The imaging-api's HTTP routes (inside the trust only; every route but ``/health`` needs the internal key).
 
 Callers are the trust's agent (imports, status, re-import, deletion: answers are gated counts only) and
-the trust's FL trainers (the images of READY studies by accession id).  Each route declares what it
+the trust's FL trainers (the images of READY studies by accession id).  The two image routes also accept
+the trainer key (``FLIP_TRAINER_KEY``), which opens nothing else.  Each route declares what it
 discloses in ``x-flip-disclosure`` (``gated``, ``row-level`` or ``none``); a test checks every route has one.
 """
 
@@ -57,16 +58,33 @@ class Health(BaseModel):
     data_access: ServiceState
 
 
+TRAINER_KEY_HEADER = "X-FLIP-Trainer-Key"
+"""Header of the trainer key: the trust's FL trainers' key, good for the image routes only."""
+
 _key_header = APIKeyHeader(name=INTERNAL_KEY_HEADER, auto_error=False, description="the trust's internal key")
 PresentedKey = Annotated[str | None, Depends(_key_header)]
+_trainer_header = APIKeyHeader(
+    name=TRAINER_KEY_HEADER, auto_error=False, description="the trust's trainer key (image reads only)"
+)
+PresentedTrainerKey = Annotated[str | None, Depends(_trainer_header)]
+
+
+def _same_key(presented: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; a key that is missing or not configured never matches."""
+    if not presented or not expected:
+        return False
+    return secrets.compare_digest(presented.encode(), expected.encode())
 
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(ErrorBody(detail=detail, code=code).model_dump(), status_code=status, headers=headers)
 
 
-def create_app(service: ImagingService, internal_key: str) -> FastAPI:
-    """The application around one trust's :class:`ImagingService`."""
+def create_app(service: ImagingService, internal_key: str, trainer_key: str | None = None) -> FastAPI:
+    """The application around one trust's :class:`ImagingService`.
+
+    ``trainer_key``: when given, it is accepted (besides the internal key) on the routes FL trainers read.
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -80,10 +98,15 @@ def create_app(service: ImagingService, internal_key: str) -> FastAPI:
     app = FastAPI(title="FLIP imaging-api", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
     async def internal_caller(key: PresentedKey) -> None:
-        if not key or not secrets.compare_digest(key.encode(), internal_key.encode()):
+        if not _same_key(key, internal_key):
             raise ImagingError("not_authenticated", "internal key missing or wrong", status=401)
 
+    async def trainer_or_internal_caller(key: PresentedKey, trainer: PresentedTrainerKey) -> None:
+        if not (_same_key(key, internal_key) or _same_key(trainer, trainer_key)):
+            raise ImagingError("not_authenticated", "internal or trainer key missing or wrong", status=401)
+
     Internal = Depends(internal_caller)
+    TrainerOrInternal = Depends(trainer_or_internal_caller)
     gated: dict[str, Any] = {
         "response_model": ImagingStatus,
         "dependencies": [Internal],
@@ -159,7 +182,7 @@ def create_app(service: ImagingService, internal_key: str) -> FastAPI:
     @app.get(
         "/imaging/projects/{project_id}/studies/{accession}/{kind}",
         response_model=FilesOut,
-        dependencies=[Internal],
+        dependencies=[TrainerOrInternal],
         openapi_extra=disclosure("row-level"),
     )
     async def study_files(project_id: uuid.UUID, accession: str, kind: Kind) -> FilesOut:
@@ -172,7 +195,7 @@ def create_app(service: ImagingService, internal_key: str) -> FastAPI:
 
     @app.get(
         "/imaging/projects/{project_id}/studies/{accession}/{kind}/{name:path}",
-        dependencies=[Internal],
+        dependencies=[TrainerOrInternal],
         openapi_extra=disclosure("row-level"),
         response_model=None,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from flip_core.contract import KitFileError, TrustKit, read_kit_file
 from flip_core.settings import FlipSettings, default_state_dir
@@ -28,6 +28,13 @@ class ImagingSettings(FlipSettings):
     port: int = Field(0, ge=0, le=65535, validation_alias="FLIP_IMAGING_PORT")
     log_level: str = Field("INFO", validation_alias="FLIP_LOG_LEVEL")
     log_json: bool = Field(True, validation_alias="FLIP_LOG_JSON")
+    trainer_key: SecretStr | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        validation_alias="FLIP_TRAINER_KEY",
+        description="lets the trust's FL trainers read a READY study's files (and nothing else); unset: refused",
+    )
 
     pacs_host: str = Field("127.0.0.1", min_length=1, validation_alias="FLIP_IMAGING_PACS_HOST")
     pacs_port: int | None = Field(None, ge=1, le=65535, validation_alias="FLIP_IMAGING_PACS_PORT")
@@ -45,7 +52,7 @@ class ImagingSettings(FlipSettings):
     convert_timeout_s: float = Field(300, gt=0, le=7200, validation_alias="FLIP_IMAGING_CONVERT_TIMEOUT_S")
     expire_interval_s: float = Field(30, gt=0, le=3600, validation_alias="FLIP_IMAGING_EXPIRE_INTERVAL_S")
 
-    @field_validator("pacs_ae_title", "data_access_url", mode="before")
+    @field_validator("pacs_ae_title", "data_access_url", "trainer_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -71,6 +78,15 @@ class ImagingSettings(FlipSettings):
                 "the trust's data-access-api"
             )
         return self.data_access_url
+
+    def trainer_secret(self, kit: TrustKit) -> str | None:
+        """``FLIP_TRAINER_KEY``, refused when it equals the internal key (trainers would get every route)."""
+        if self.trainer_key is None:
+            return None
+        value = self.trainer_key.get_secret_value()
+        if value == kit.internal_key:
+            raise ImagingConfigError("FLIP_TRAINER_KEY must differ from the trust's internal key")
+        return value
 
     def deid_worker_count(self) -> int:
         return self.deid_workers or os.cpu_count() or 1

@@ -34,9 +34,12 @@ def _stopped_by_uvicorn(signum: int, frame: FrameType | None) -> None:
     log.info("imaging-api stopped", extra={"signal": signal.Signals(signum).name})
 
 
-def build_service(settings: ImagingSettings, deid_pool: Executor | None = None) -> tuple[ImagingService, str]:
-    """The service and the internal key that guards it, from settings and the trust kit."""
+def build_service(
+    settings: ImagingSettings, deid_pool: Executor | None = None
+) -> tuple[ImagingService, str, str | None]:
+    """The service, the internal key that guards it and the trainer key (if set), from settings and the kit."""
     kit = read_kit(settings.kit_file)
+    trainer_key = settings.trainer_secret(kit)
     host, port, called = settings.require_pacs()
     data_access_url = settings.require_data_access()
     state = settings.resolve_state_dir(kit)
@@ -51,7 +54,11 @@ def build_service(settings: ImagingSettings, deid_pool: Executor | None = None) 
         labels=settings.labels_dir.expanduser().absolute() if settings.labels_dir else None,
     )
     cohorts = CohortLink(data_access_url, kit.internal_key, timeout_s=settings.data_access_timeout_s)
-    return ImagingService(importer, cohorts, expire_interval_s=settings.expire_interval_s), kit.internal_key
+    return (
+        ImagingService(importer, cohorts, expire_interval_s=settings.expire_interval_s),
+        kit.internal_key,
+        trainer_key,
+    )
 
 
 def run(settings: ImagingSettings, *, announce: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
@@ -62,8 +69,8 @@ def run(settings: ImagingSettings, *, announce: Callable[[str], None] = lambda l
     # De-identification is CPU-bound Python: worker processes, not threads, spread it over the cores.
     pool = ProcessPoolExecutor(settings.deid_worker_count(), mp_context=multiprocessing.get_context("forkserver"))
     try:
-        service, internal_key = build_service(settings, pool)
-        app = create_app(service, internal_key)
+        service, internal_key, trainer_key = build_service(settings, pool)
+        app = create_app(service, internal_key, trainer_key)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, settings.port))
@@ -77,7 +84,9 @@ def run(settings: ImagingSettings, *, announce: Callable[[str], None] = lambda l
                 await asyncio.sleep(0.05)
             if server.started:
                 announce(f"{ANNOUNCEMENT} http://{host}:{port}")
-                log.info("imaging-api ready", extra={"url": f"http://{host}:{port}"})
+                log.info(
+                    "imaging-api ready", extra={"url": f"http://{host}:{port}", "trainer_key": trainer_key is not None}
+                )
             await serving
 
         # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it

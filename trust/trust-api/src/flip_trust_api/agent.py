@@ -213,6 +213,8 @@ class Agent:
                 asyncio.create_task(self._guard(self._health_loop), name="health"),
                 asyncio.create_task(self._guard(self._drain_loop), name="outbox-drain"),
             ]
+            if self.settings.fl_enabled:
+                loops.append(asyncio.create_task(self._guard(self._fl_loop), name="fl-clients"))
             lease = asyncio.create_task(self._guard(self._lease_loop), name="lease")
             self.phase = Phase.RUNNING
             self.ready.set()
@@ -325,6 +327,32 @@ class Agent:
                 break
 
     # -- heartbeat -------------------------------------------------------------------------------
+
+    async def _fl_loop(self) -> None:
+        """Keep one Flower SuperNode per Flower net the hub lists (see :mod:`flip_trust_api.fl_client`)."""
+        from flip_trust_api.fl_client import FlClients, TrainerEnvironment  # flwr and torch: only when used
+
+        trainer = TrainerEnvironment(
+            data_access_url=self.settings.data_access_url,
+            imaging_url=self.settings.imaging_url,
+            trainer_key=self.settings.trainer_key.get_secret_value() if self.settings.trainer_key else None,
+            cache_dir=self.state_dir / "fl" / "cache",
+        )
+        clients = await asyncio.to_thread(FlClients, self.kit.trust_code, self.state_dir, trainer)
+        key_sent = False
+        try:
+            while True:
+                try:
+                    if not key_sent:
+                        await self.client.put_fl_node_key(clients.public_key, attempts=1)
+                        key_sent = True
+                    nets = await self.client.fl_nets(attempts=1)
+                    await clients.areconcile(nets.root)
+                except (HubUnavailable, HubRejected) as exc:
+                    log.warning("FL clients: the hub could not be asked for FL nets", extra={"error": str(exc)})
+                await asyncio.sleep(self.settings.fl_refresh_s)
+        finally:
+            await clients.astop()
 
     async def _heartbeat_loop(self) -> None:
         failing = False

@@ -55,6 +55,11 @@ class AgentSettings(FlipSettings):
     pacs_port: int = Field(104, ge=1, le=65535, validation_alias="FLIP_AGENT_PACS_PORT")
     pacs_ae_title: str | None = Field(None, max_length=16, validation_alias="FLIP_AGENT_PACS_AE_TITLE")
     omop_dsn: SecretStr | None = Field(None, validation_alias="FLIP_AGENT_OMOP_DSN")
+    # FL clients: one Flower SuperNode per Flower net the hub lists (checked every fl_refresh_s).
+    fl_enabled: bool = Field(True, validation_alias="FLIP_AGENT_FL_ENABLED")
+    fl_refresh_s: float = Field(30.0, ge=0.5, le=3600, validation_alias="FLIP_AGENT_FL_REFRESH_S")
+    # The key the trainer SDK shows the data-access-api and imaging-api (their FLIP_TRAINER_KEY).
+    trainer_key: SecretStr | None = Field(None, validation_alias="FLIP_AGENT_TRAINER_KEY")
 
     @field_validator("concurrency")
     @classmethod

@@ -46,6 +46,7 @@ from flip_core.tasks import (
 )
 from flip_trust_api import __version__
 from flip_trust_api.errors import FatalHubError
+from flip_trust_api.fl_protocol import FlNetList, NodeKeyAck, NodeKeyIn
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,15 @@ class HubClient:
     ) -> TaskResultAck:
         """Deliver a task's outcome (idempotent for the same token); :class:`StaleLease` if superseded."""
         return await self._call("POST", f"/tasks/{task_id}/result", TaskResultAck, body=result, attempts=attempts)
+
+    async def put_fl_node_key(self, public_key: str, *, attempts: int | None = 3) -> NodeKeyAck:
+        """Send the public key of this trust's SuperNode (the hub registers it on every Flower net)."""
+        body = NodeKeyIn(public_key=public_key)
+        return await self._call("PUT", "/fl/node-key", NodeKeyAck, body=body, attempts=attempts)
+
+    async def fl_nets(self, *, attempts: int | None = 1) -> FlNetList:
+        """The Flower nets this trust's SuperNodes should dial, with their CA certificates."""
+        return await self._call("GET", "/fl/nets", FlNetList, attempts=attempts)
 
     async def _call(
         self,

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from flip_api.api.deps import CurrentUser, HubDep, SessionDep
+from flip_api.schemas.fl import EventOut, JobDetailOut, ResultOut
 from flip_api.schemas.models import (
     FileName,
     JobIn,
@@ -35,7 +36,7 @@ from flip_api.schemas.models import (
     UploadIn,
     UploadOut,
 )
-from flip_api.services import fl_jobs, model_files, models
+from flip_api.services import fl_jobs, fl_runs, model_files, models
 from flip_api.services.job_types import JOB_TYPES
 
 router = APIRouter(tags=["models"])
@@ -184,3 +185,37 @@ async def stop_training(model_id: uuid.UUID, user: CurrentUser, db: SessionDep) 
     job = await fl_jobs.stop(db, user, model_id)
     await db.commit()
     return JobOut.of(job, None)
+
+
+@router.get("/models/{model_id}/jobs/{job_id}", response_model=JobDetailOut)
+async def get_job(model_id: uuid.UUID, job_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> JobDetailOut:
+    """One training job: its status, every round's metrics per trust (events) and its result files."""
+    model, _ = await models.get_model(db, user, model_id)
+    job = await fl_runs.job_of_model(db, model.id, job_id)
+    return JobDetailOut(
+        job=JobOut.of(job, await fl_jobs.queue_position(db, job)),
+        log_tail=job.log_tail,
+        events=[EventOut.of(e) for e in await fl_runs.events(db, job.id)],
+        results=[ResultOut.of(r) for r in await fl_runs.results(db, job.id)],
+    )
+
+
+@router.get("/models/{model_id}/jobs/{job_id}/results/{name}", response_model=None)
+async def download_result(
+    model_id: uuid.UUID, job_id: uuid.UUID, name: str, user: CurrentUser, hub: HubDep, db: SessionDep
+) -> Response:
+    """The final model (``model.pt``) or its lineage (``lineage.json``) of a job whose results were uploaded."""
+    model, _ = await models.get_model(db, user, model_id)
+    job = await fl_runs.job_of_model(db, model.id, job_id)
+    row = await fl_runs.result(db, job, name)
+    key = fl_runs.result_key(job.id, row.name)
+    url = await asyncio.to_thread(hub.objects.presigned_download, key, ttl_s=_DOWNLOAD_TTL_S, filename=row.name)
+    if url is not None:
+        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+    headers = {
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.name)}",
+        "ETag": f'"{row.sha256}"',
+        "Content-Length": str(row.bytes),
+    }
+    media = "application/json" if row.name.endswith(".json") else "application/octet-stream"
+    return StreamingResponse(hub.objects.open_chunks(key), media_type=media, headers=headers)

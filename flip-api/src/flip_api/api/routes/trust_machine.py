@@ -13,11 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from flip_api.api.deps import HubDep, MachineTrust, SessionDep
-from flip_api.db.models import Trust
-from flip_api.services import tasks
+from flip_api.core.errors import Unprocessable
+from flip_api.db.models import FlBackend, FlNet, NetStatus, Trust
+from flip_api.schemas.fl import NodeKeyIn, NodeKeyOut, TrustNetOut
+from flip_api.services import audit, tasks
+from flip_api.services.audit import Actor
 from flip_core.contract import TrustIdentity
 from flip_core.tasks import (
     MAX_LEASE_WAIT_S,
@@ -131,3 +134,34 @@ async def result(
     posted = await tasks.post_result(db, trust.id, task_id, body)
     await db.commit()
     return TaskResultAck(task_id=posted.task.id, status=posted.task.status, duplicate=posted.duplicate)
+
+
+@router.put("/fl/node-key", response_model=NodeKeyOut)
+async def put_node_key(body: NodeKeyIn, trust: MachineTrust, hub: HubDep, db: SessionDep) -> NodeKeyOut:
+    """The public key of the trust's FL client (Flower SuperNode); the worker registers it on every Flower
+    net under the trust's code. Sending the same key again changes nothing."""
+    _rate_limit(hub, trust)
+    key = body.public_key.strip()
+    if not key.startswith("ecdsa-sha2-nistp") or len(key.splitlines()) != 1:
+        raise Unprocessable("public_key must be one OpenSSH ECDSA public key line", code="invalid_key")
+    changed = trust.fl_node_key != key
+    if changed:
+        trust.fl_node_key = key
+        await audit.record(db, Actor.trust(trust.id), "trust.fl_node_key_set", "trust", trust.id, {})
+    await db.commit()
+    return NodeKeyOut(trust_id=trust.id, changed=changed)
+
+
+@router.get("/fl/nets", response_model=list[TrustNetOut])
+async def list_fl_nets(trust: MachineTrust, hub: HubDep, db: SessionDep) -> list[TrustNetOut]:
+    """The Flower nets the trust's SuperNodes should dial (enabled nets that reported their address)."""
+    _rate_limit(hub, trust)
+    rows = await db.scalars(
+        select(FlNet)
+        .where(FlNet.backend == FlBackend.FLOWER, FlNet.status != NetStatus.DISABLED, FlNet.fleet_address.is_not(None))
+        .order_by(FlNet.name)
+    )
+    return [
+        TrustNetOut(name=n.name, backend=n.backend, fleet_address=n.fleet_address or "", ca_cert=n.ca_cert or "")
+        for n in rows.all()
+    ]

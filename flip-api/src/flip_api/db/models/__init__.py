@@ -3,7 +3,7 @@
 from flip_api.db.models.audit import AuditEntry
 from flip_api.db.models.base import Base
 from flip_api.db.models.cohorts import CohortQuery, CohortResult, CohortResultState, CohortSnapshot
-from flip_api.db.models.fl import FlJob, FlNet, NetStatus
+from flip_api.db.models.fl import FlEvent, FlJob, FlNet, FlNetNode, FlResult, NetStatus
 from flip_api.db.models.identity import (
     AccessRequest,
     AccessRequestStatus,
@@ -51,8 +51,11 @@ __all__ = [
     "DecidedAs",
     "FileStatus",
     "FlBackend",
+    "FlEvent",
     "FlJob",
     "FlNet",
+    "FlNetNode",
+    "FlResult",
     "ImagingImport",
     "JobType",
     "Model",

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Enum, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Index, Integer, LargeBinary, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +31,26 @@ class FlNet(UuidPk, Timestamps, Base):
     endpoint: Mapped[str] = mapped_column(String(500))
     # BUSY while a job whose net_id is this net is PREPARING or RUNNING.
     status: Mapped[NetStatus] = mapped_column(Enum(NetStatus, name="fl_net_status"), default=NetStatus.AVAILABLE)
+    # The net key (hub -> net calls, and net -> hub reports), sealed under the hub data key.
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # What trusts dial and the CA they trust, as the net last reported them (GET /health).
+    fleet_address: Mapped[str | None] = mapped_column(String(500))
+    ca_cert: Mapped[str | None] = mapped_column(Text)
+    # The job this net runs or last ran; BUSY is released once that job has ended and its run is stopped.
+    current_job_id: Mapped[uuid.UUID | None] = mapped_column()
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class FlNetNode(Base):
+    """A trust's SuperNode key as registered on one net (so it is registered once, and again if it changes)."""
+
+    __tablename__ = "fl_net_nodes"
+
+    net_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("fl_nets.id", ondelete="CASCADE"), primary_key=True)
+    trust_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("trusts.id", ondelete="CASCADE"), primary_key=True)
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class FlJob(UuidPk, Timestamps, Base):
@@ -64,3 +84,32 @@ class FlJob(UuidPk, Timestamps, Base):
     # Why it ended as ERROR or STOPPED, in words safe to show; and the end of its log, sanitised.
     reason: Mapped[str | None] = mapped_column(Text)
     log_tail: Mapped[str | None] = mapped_column(Text)
+
+
+class FlEvent(Base):
+    """One typed event an FL server reported about a job's run (round metrics per trust, drops, the end)."""
+
+    __tablename__ = "fl_events"
+    __table_args__ = (Index("uq_fl_events_digest", "job_id", "digest", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("fl_jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    round: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # sha256 of the event as sent: a retried delivery is stored once.
+    digest: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FlResult(Base):
+    """A result file of a job (the final model, its lineage), stored in the object store."""
+
+    __tablename__ = "fl_results"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("fl_jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, LargeBinary, String, UniqueConstraint, func
+from sqlalchemy import DateTime, ForeignKey, LargeBinary, String, Text, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -25,6 +25,8 @@ class Trust(UuidPk, Base):
     last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     services_health: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     fl_identity: Mapped[str | None] = mapped_column(String(128))
+    # The public key (OpenSSH) of the trust's FL client (its Flower SuperNode), as the trust last sent it.
+    fl_node_key: Mapped[str | None] = mapped_column(Text)
 
 
 class TrustPayloadKey(Base):
