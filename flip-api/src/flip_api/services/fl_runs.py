@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flip_api.core.errors import Conflict, NotFound, Unprocessable
@@ -93,7 +93,12 @@ async def tick(hub: HubState) -> SchedulerReport:
     async with transaction(hub.sessions) as db:
         nets = [
             (n.id, n.endpoint, net_key(hub.data_key, n))
-            for n in (await db.scalars(select(FlNet).where(FlNet.status != NetStatus.DISABLED))).all()
+            # A disabled net takes no new job, but the job it still runs is watched to its end.
+            for n in (
+                await db.scalars(
+                    select(FlNet).where(or_(FlNet.status != NetStatus.DISABLED, FlNet.current_job_id.is_not(None)))
+                )
+            ).all()
         ]
     for net_id, endpoint, key in nets:
         try:
