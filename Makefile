@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: help ensure-uv system-deps install demo test lint fmt typecheck pytest clean bench-poll bench-cohort bench-imaging bench-agg
+.PHONY: help ensure-uv system-deps install demo test lint fmt typecheck pytest clean bench-poll bench-cohort bench-imaging bench-agg bench-fl
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench-cohort: install ## benchmark: cohort statistics through the data-access-ap
 
 bench-agg: install ## benchmark: FedAvg aggregation throughput vs measured memory bandwidth (3 updates of 1 GiB)
 	$(UV) run python bench/agg.py --params $(or $(PARAMS),268435456) --clients $(or $(CLIENTS),3)
+
+bench-fl: install ## benchmark: FL time to first step, per-round overhead vs a local loop, FedAvg AUC vs central (3 rounds of 30 s)
+	$(UV) run python bench/fl.py --round-seconds $(or $(ROUND_SECONDS),30) --rounds $(or $(ROUNDS),3)
 
 bench-imaging: install ## benchmark: PACS import (retrieve, de-identify, convert, store) vs dcm2niix alone (16 clinical-size studies)
 	$(UV) run python bench/imaging.py --studies $(or $(STUDIES),16) --size $(or $(SIZE),clinical) --pacs $(or $(PACS),auto)

@@ -22,7 +22,7 @@ from flip_cli.demo.command import run_phases
 from flip_cli.demo.context import DemoContext, Phase, PhaseResult
 from flip_cli.demo.errors import DemoError
 
-DEMO_TIMEOUT_S = 300
+DEMO_TIMEOUT_S = 600
 
 
 def _ok_phase(ctx: DemoContext) -> PhaseResult:
@@ -173,6 +173,21 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path, state_dir: Pa
         "checkpoint.pt": "BLOCKED",
     }
     assert models["job"] == {"queued_position": 1, "trusts": 2, "final": "STOPPED"}
+    training = summary["training"]
+    assert training["status"] == "ok"
+    assert [(r["round"], r["phase"]) for r in training["rounds"]] == [
+        (1, "train"),
+        (2, "train"),
+        (3, "train"),
+        (3, "evaluate"),
+    ]
+    for entry in training["rounds"]:
+        assert set(entry["metrics"]) == {"ELSE", "RIVR"}  # HILL is connected to the net but never selected
+    assert training["unselected_trust_apps"] == 0
+    assert all(0.0 <= dice <= 1.0 for dice in training["final_dice"].values())
+    assert training["lineage"]["selected_trusts"] == ["ELSE", "RIVR"]
+    assert training["lineage"]["cohort_snapshots"] == ["ELSE", "RIVR"]
+    assert len(training["lineage"]["bundle_sha256"]) == 64
     assert summary["audit"]["chain_ok"] is True
     assert summary["audit"]["entries"] > 0
     for code in ("ELSE", "RIVR", "HILL"):

@@ -24,11 +24,11 @@ import httpx
 
 from flip.context import ENV_DATA_ACCESS_URL, ENV_IMAGING_URL, ENV_TRAINER_CACHE, ENV_TRAINER_KEY, JobStep
 from flip.errors import TrainerDataError
+from flip_core.contract import TRAINER_KEY_HEADER
 
 if TYPE_CHECKING:
     import pandas as pd
 
-TRAINER_KEY_HEADER = "X-FLIP-Trainer-Key"
 TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0)
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

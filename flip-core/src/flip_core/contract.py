@@ -17,6 +17,8 @@ PROTOCOL_VERSION = "1.0"
 PROTOCOL_HEADER = "X-Flip-Protocol"
 TRUST_KEY_HEADER = "X-Trust-Key"
 INTERNAL_KEY_HEADER = "X-Internal-Service-Key"
+# What FL trainers (the trainer SDK, inside a job at a trust) present to their own trust's services.
+TRAINER_KEY_HEADER = "X-FLIP-Trainer-Key"
 REQUEST_ID_HEADER = "X-Request-ID"
 KIT_ENV_PREFIX = "FLIP_TRUST_"
 

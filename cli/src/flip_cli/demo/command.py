@@ -156,11 +156,14 @@ def _final_line(summary: dict[str, Any]) -> str:
     ready = ", ".join(f"{code} {(t['by_state']['READY'].get('value') or '<10')}" for code, t in sorted(imaging.items()))
     files = summary.get("models", {}).get("files", {})
     clean, blocked = (sum(1 for s in files.values() if s == state) for state in ("CLEAN", "BLOCKED"))
+    dice = summary.get("training", {}).get("final_dice", {})
+    trained = ", ".join(f"{code} {value:.2f}" for code, value in sorted(dice.items()) if value is not None)
     return (
         f"Demo finished in {summary['duration_s']} s: cohort of {cohort.get('total')} persons across trusts; "
         f"project {project.get('project_status')} at {decided} with frozen cohorts; "
         f"imaging READY for {ready or 'no'} patients; "
         f"model with {clean} clean files and {blocked} blocked; "
+        f"segmentation trained for 3 rounds on Flower (held-out Dice {trained or 'n/a'}); "
         f"{audit.get('entries')} audit entries, chain intact."
     )
 
@@ -243,7 +246,9 @@ def demo(exit_when_done: bool, summary_path: Path | None, port: int | None, stat
     imaging-api and an agent, and signs everyone in with MFA.  The researcher runs a cohort query at
     every trust (gated counts), stages a project that one trust's own admin and the hub admin (for
     another trust) approve, and approves an imaging project whose studies each trust imports from its
-    PACS.  Finishes by verifying the audit chain.  Exit 1 if any phase fails.
+    PACS.  An admin then registers an FL net, and the researcher trains the segmentation tutorial on it
+    for 3 rounds across the approving trusts (on CPU) and downloads the model and its lineage.
+    Finishes by verifying the audit chain.  Exit 1 if any phase fails.
     """
     code = run_demo(DemoOptions(exit_when_done, summary_path, port, state_dir))
     if code is not ExitCode.OK:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -55,6 +56,8 @@ class DemoTrust:
     data_access_url: str | None = None
     imaging_url: str | None = None
     pacs_accessions: list[str] = field(default_factory=list)
+    # What the trust's services accept from FL trainers (researcher code in its SuperNode), and nothing else.
+    trainer_key: str = field(default_factory=lambda: "flip_tk_" + secrets.token_urlsafe(24), repr=False)
 
     @property
     def id(self) -> uuid.UUID:
@@ -79,6 +82,7 @@ class DemoContext:
     users: dict[str, DemoUser] = field(default_factory=dict)
     trusts: dict[str, DemoTrust] = field(default_factory=dict)
     project_id: str | None = None
+    imaging_project_id: str | None = None
 
     @property
     def hub_url(self) -> str:

@@ -9,15 +9,18 @@ hub child process, so the walkthrough exercises the product exactly as it ships.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import flip_fl
 from flip_api.core.permissions import RoleName
 from flip_api.db.models import User
 from flip_api.db.session import HUB_DATABASE, ensure_database, normalise_url
@@ -30,6 +33,7 @@ from flip_cli.demo.context import DemoContext, DemoTrust, DemoUser, Phase, Phase
 from flip_cli.demo.errors import DemoError
 from flip_cli.demo.processes import (
     DataAccessProcess,
+    FlNetProcess,
     HubProcess,
     ImagingProcess,
     TrustAgentProcess,
@@ -37,7 +41,7 @@ from flip_cli.demo.processes import (
     free_port,
 )
 from flip_cli.kits import write_kit
-from flip_core.contract import INTERNAL_KEY_HEADER
+from flip_core.contract import TRAINER_KEY_HEADER
 from flip_core.embedded_pg import EmbeddedPostgres
 from flip_imaging.embedded_pacs import EmbeddedPacs
 from flip_imaging.pacs import PacsClient
@@ -253,7 +257,7 @@ def prepare_trust_data(ctx: DemoContext) -> PhaseResult:
             omop_url=f"postgresql://{reader}@/{database}?host={server.socket_dir}",
             state_dir=ctx.state_dir / "data-access" / trust.code,
             port=free_port(),
-            env=child_environment(database_url="", state_dir=ctx.state_dir, public_url=ctx.hub_url),
+            env=_trainer_env(ctx, trust),
             log_path=ctx.state_dir / "logs" / f"data-access-{trust.code}.log",
         )
         ctx.stack.callback(service.stop)
@@ -270,6 +274,13 @@ def prepare_trust_data(ctx: DemoContext) -> PhaseResult:
             "imaging": _start_imaging(ctx, trust),
         }
     return {"trusts": loaded}
+
+
+def _trainer_env(ctx: DemoContext, trust: DemoTrust) -> dict[str, str]:
+    """A trust service's environment: it accepts the trust's trainer key on the routes FL trainers read."""
+    env = child_environment(database_url="", state_dir=ctx.state_dir, public_url=ctx.hub_url)
+    env["FLIP_TRAINER_KEY"] = trust.trainer_key
+    return env
 
 
 PACS_MODALITY = "CT"
@@ -308,7 +319,7 @@ def _start_imaging(ctx: DemoContext, trust: DemoTrust) -> dict[str, Any]:
         pacs_ae_title=pacs.ae_title,
         data_access_url=trust.data_access_url,
         labels=root / "studies",
-        env=child_environment(database_url="", state_dir=ctx.state_dir, public_url=ctx.hub_url),
+        env=_trainer_env(ctx, trust),
         log_path=ctx.state_dir / "logs" / f"imaging-{trust.code}.log",
     )
     ctx.stack.callback(service.stop)
@@ -322,7 +333,7 @@ def _start_imaging(ctx: DemoContext, trust: DemoTrust) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- link
 
-AGENT_TIMEOUT_S = 30.0
+AGENT_TIMEOUT_S = 60.0
 
 
 def _wait_for_task(ctx: DemoContext, trust: DemoTrust, task_id: str, token: str) -> dict[str, Any]:
@@ -355,6 +366,10 @@ def link_trusts(ctx: DemoContext) -> PhaseResult:
                 **env,
                 "FLIP_AGENT_DATA_ACCESS_URL": trust.data_access_url or "",
                 "FLIP_AGENT_IMAGING_URL": trust.imaging_url or "",
+                # Its SuperNodes pass the trainer key (only) to researcher code; it looks for FL nets often.
+                "FLIP_AGENT_TRAINER_KEY": trust.trainer_key,
+                "FLIP_AGENT_FL_REFRESH_S": "1",
+                "OMP_NUM_THREADS": "1",
             },
             log_path=ctx.state_dir / "logs" / f"agent-{trust.code}.log",
         )
@@ -613,6 +628,7 @@ def run_imaging(ctx: DemoContext) -> PhaseResult:
         expect=(201,),
     )
     project_id = str(created["id"])
+    ctx.imaging_project_id = project_id
     ctx.say(researcher.role, f"created imaging project {name!r} (DICOM to NIfTI) ({project_id})")
     client.call("PUT", f"/api/projects/{project_id}/query", token=researcher.token, json={"sql": IMAGING_SQL})
     client.call("POST", f"/api/projects/{project_id}/query/submit", token=researcher.token, expect=(202,))
@@ -674,7 +690,7 @@ def _fetch_as_trainer(ctx: DemoContext, trust: DemoTrust, project_id: str) -> di
     """What an FL trainer inside the trust does: fetch a study's NIfTI volume and mask by accession id."""
     if trust.imaging_url is None or trust.kit is None:
         raise DemoError(f"trust {trust.code} has no imaging-api")
-    headers = {INTERNAL_KEY_HEADER: trust.kit.internal_key}
+    headers = {TRAINER_KEY_HEADER: trust.trainer_key}  # what the trainer SDK sends: the trainer key, read-only
     with httpx.Client(base_url=trust.imaging_url, headers=headers, timeout=30) as http:
         for accession in trust.pacs_accessions:
             listing = http.get(f"/imaging/projects/{project_id}/studies/{accession}/nifti")
@@ -800,12 +816,183 @@ def create_model(ctx: DemoContext) -> PhaseResult:
         f"position {job['queue_position']} in the Flower queue",
     )
     stopped = client.call("POST", f"/api/models/{model_id}/stop", token=researcher.token)
-    ctx.say(researcher.role, f"stopped it while queued -> {stopped['status']} (the demo does not start an FL net yet)")
+    ctx.say(researcher.role, f"stopped it while queued -> {stopped['status']} (no FL net is registered yet)")
     return {
         "id": model_id,
         "files": statuses,
         "missing_files": detail["missing_files"],
         "job": {"queued_position": job["queue_position"], "trusts": len(job["trust_ids"]), "final": stopped["status"]},
+    }
+
+
+# -------------------------------------------------------------------------------------------- training
+
+TUTORIAL = Path(flip_fl.__file__).resolve().parents[2] / "tutorials" / "segmentation"
+TUTORIAL_FILES = ("client_app.py", "models.py", "config.json")
+TRAINING_ROUNDS = 3
+TRAINING_TIMEOUT_S = 900.0
+
+
+def _start_fl_net(ctx: DemoContext) -> tuple[str, FlNetProcess]:
+    """An admin registers an FL net; the net starts with the key the hub minted for it."""
+    client, admin = ctx.require_client(), ctx.users[ADMIN]
+    port = free_port()
+    created = client.call(
+        "POST",
+        "/api/fl/nets",
+        token=admin.token,
+        json={"name": "flower-demo", "backend": "FLOWER", "endpoint": f"http://127.0.0.1:{port}"},
+        expect=(201,),
+    )
+    key = str(created["key"])
+    env = child_environment(database_url="", state_dir=ctx.state_dir, public_url=ctx.hub_url)
+    env.pop("DATABASE_URL")
+    env["FLIP_NET_KEY"] = key
+    net = FlNetProcess(
+        name="flower-demo",
+        state_dir=ctx.state_dir / "fl-net",
+        port=port,
+        hub_url=ctx.hub_url,
+        env=env,
+        log_path=ctx.state_dir / "logs" / "fl-net.log",
+    )
+    ctx.stack.callback(net.stop)
+    net.start()
+    health = net.wait_healthy(key)
+    ctx.say(
+        admin.role,
+        f"registered FL net flower-demo; its SuperLink listens for trusts at {health['fleet_address']} "
+        "(TLS, only registered SuperNode keys)",
+    )
+    return key, net
+
+
+def _wait_for_supernodes(ctx: DemoContext, net: FlNetProcess, key: str, codes: list[str]) -> None:
+    """Until the worker has registered every trust's SuperNode key on the net (the agents then dial it)."""
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=net.url, headers={"X-FLIP-Internal-Key": key}, timeout=10) as http:
+        while True:
+            nodes = http.get("/health").json().get("nodes", [])
+            if set(codes) <= set(nodes):
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(f"trust SuperNode keys were not registered on the net: {nodes}\n{net.log_tail()}")
+            time.sleep(0.5)
+    ctx.say("hub", "registered each trust's SuperNode key on the net under its trust code; the agents dial out to it")
+
+
+def _round_line(event: dict[str, Any], metric: str) -> str:
+    metrics = event["payload"]["metrics"]
+    parts = [f"{code} {metric}={values.get(metric, float('nan')):.3f}" for code, values in sorted(metrics.items())]
+    mean = event["payload"]["aggregated"].get(metric, float("nan"))
+    return f"{', '.join(parts)}; weighted mean {mean:.3f}"
+
+
+def train_model(ctx: DemoContext) -> PhaseResult:
+    """Train the segmentation tutorial on Flower across the trusts that approved the imaging project."""
+    client, researcher = ctx.require_client(), ctx.users[RESEARCHER]
+    project_id = ctx.imaging_project_id
+    if project_id is None:
+        raise DemoError("no imaging project: the imaging phase did not run")
+    key, net = _start_fl_net(ctx)
+    codes = [ctx.trusts[SITE_TRUST].code, ctx.trusts[HUB_TRUST].code]
+    _wait_for_supernodes(ctx, net, key, codes)
+
+    model = client.call(
+        "POST",
+        f"/api/projects/{project_id}/models",
+        token=researcher.token,
+        json={"name": "Demo: organ segmentation (MONAI UNet)", "description": "fl/tutorials/segmentation"},
+        expect=(201,),
+    )
+    model_id = str(model["id"])
+    for name in TUTORIAL_FILES:
+        client.call(
+            "PUT",
+            f"/api/models/{model_id}/files/{name}",
+            token=researcher.token,
+            content=(TUTORIAL / name).read_bytes(),
+            expect=(201,),
+        )
+    ctx.say(researcher.role, f"uploaded the segmentation tutorial as-is ({', '.join(TUTORIAL_FILES)}); all CLEAN")
+    job = client.call(
+        "POST",
+        f"/api/models/{model_id}/jobs",
+        token=researcher.token,
+        json={"config": {"rounds": TRAINING_ROUNDS, "min_clients": len(codes), "round_timeout_s": 600, "seed": 1}},
+        expect=(201,),
+    )
+    job_id = str(job["id"])
+    ctx.say(researcher.role, f"training requested: {TRAINING_ROUNDS} rounds of FedAvg at {', '.join(codes)}")
+
+    started = time.monotonic()
+    shown: set[int] = set()
+    status = ""
+    detail: dict[str, Any] = {}
+    rounds: list[dict[str, Any]] = []
+    while time.monotonic() - started < TRAINING_TIMEOUT_S:
+        detail = client.get_json(f"/api/models/{model_id}/jobs/{job_id}", token=researcher.token)
+        if detail["job"]["status"] != status:
+            status = detail["job"]["status"]
+            bundle = detail["job"]["bundle_sha256"]
+            extra = f" (bundle sha256 {bundle[:12]}...)" if bundle else ""
+            ctx.say("hub", f"job {status.lower()}{extra} after {time.monotonic() - started:.0f} s")
+        for index, event in enumerate(detail["events"]):
+            if index in shown:
+                continue
+            shown.add(index)
+            if event["event"] == "round_completed":
+                phase = event["payload"]["phase"]
+                label = f"round {event['round']} (training)" if phase == "train" else "final evaluation (held-out)"
+                ctx.say("FL server", f"{label}: {_round_line(event, 'dice')}")
+                rounds.append({"round": event["round"], "phase": phase, "metrics": event["payload"]["metrics"]})
+            elif event["event"] == "trust_dropped":
+                ctx.say("FL server", f"trust {event['payload']['trust']} dropped: {event['payload']['reason']}")
+        if status in {"RESULTS_UPLOADED", "ERROR", "STOPPED", "RESULTS_UPLOAD_FAILED"}:
+            break
+        time.sleep(1.0)
+    if status != "RESULTS_UPLOADED":
+        raise DemoError(
+            f"training ended {status or 'nowhere'}: {detail.get('job', {}).get('reason')}\n"
+            f"{detail.get('log_tail') or ''}\n{net.log_tail()}"
+        )
+    results = {r["name"]: r for r in detail["results"]}
+    weights = _download(ctx, researcher.token, f"/api/models/{model_id}/jobs/{job_id}/results/model.pt")
+    if hashlib.sha256(weights).hexdigest() != results["model.pt"]["sha256"]:
+        raise DemoError("the downloaded model does not match its checksum")
+    lineage = json.loads(_download(ctx, researcher.token, f"/api/models/{model_id}/jobs/{job_id}/results/lineage.json"))
+    ctx.say(
+        researcher.role,
+        f"downloaded the final model ({len(weights) / 1024:.0f} KiB, sha256 {lineage['model']['sha256'][:12]}...) and "
+        f"its lineage: bundle {lineage['bundle_sha256'][:12]}..., seed {lineage['seed']}, cohorts "
+        + ", ".join(f"{c} {v['sha256'][:8]}" for c, v in sorted(lineage["cohort_snapshots"].items()))
+        + ", "
+        + ", ".join(f"{k} {v}" for k, v in sorted(lineage["versions"].items())),
+    )
+    outsider = ctx.trusts[SMALL_TRUST]
+    installed = list((ctx.state_dir / "agents" / outsider.code / "fl" / "nets").glob("*/flwr-home/apps/*"))
+    ctx.say(
+        f"trust {outsider.code}",
+        f"connected to the same net throughout, but never approved the project: it received no app and ran nothing "
+        f"({len(installed)} apps installed)",
+    )
+    if installed:
+        raise DemoError(f"trust {outsider.code} was never selected, yet it installed {installed}")
+    final = [r for r in rounds if r["phase"] == "evaluate"]
+    return {
+        "unselected_trust_apps": len(installed),
+        "model_id": model_id,
+        "job_id": job_id,
+        "status": status,
+        "train_s": round(time.monotonic() - started, 1),
+        "rounds": rounds,
+        "final_dice": {c: m.get("dice") for c, m in final[-1]["metrics"].items()} if final else {},
+        "lineage": {
+            "bundle_sha256": lineage["bundle_sha256"],
+            "selected_trusts": lineage["selected_trusts"],
+            "cohort_snapshots": sorted(lineage["cohort_snapshots"]),
+            "versions": lineage["versions"],
+        },
     }
 
 
@@ -844,5 +1031,6 @@ PHASES: list[Phase] = [
         "Create a model; upload and scan its files (a poisoned checkpoint is blocked); queue and stop training",
         create_model,
     ),
+    Phase("training", "Train the segmentation tutorial on a Flower net across the trusts (3 rounds, CPU)", train_model),
     Phase("audit", "Verify the audit chain", verify_audit_chain),
 ]

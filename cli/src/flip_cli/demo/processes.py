@@ -69,12 +69,17 @@ class ChildProcess:
         return text or f"(the {self.name} wrote nothing)"
 
     def wait_for_health(
-        self, base_url: str, path: str, timeout_s: float, ready: Callable[[dict[str, Any]], bool] = lambda _: True
+        self,
+        base_url: str,
+        path: str,
+        timeout_s: float,
+        ready: Callable[[dict[str, Any]], bool] = lambda _: True,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Poll ``GET path`` until it answers 200 with a body ``ready`` accepts; fail early if the process exits."""
         deadline = time.monotonic() + timeout_s
         last = "no answer yet"
-        with httpx.Client(base_url=base_url, timeout=2.0) as http:
+        with httpx.Client(base_url=base_url, timeout=2.0, headers=dict(headers or {})) as http:
             while time.monotonic() < deadline:
                 code = self.exit_code()
                 if code is not None:
@@ -210,6 +215,43 @@ class ImagingProcess(ChildProcess):
     def wait_healthy(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Poll ``GET /health`` until the service, its PACS and its data-access-api answer."""
         return self.wait_for_health(self.url, "/health", timeout_s, ready=lambda body: body.get("status") == "healthy")
+
+
+class FlNetProcess(ChildProcess):
+    """``flip fl-net serve``: an FL net (a Flower SuperLink and its control API) on loopback ports."""
+
+    name = "FL net"
+
+    def __init__(
+        self, *, name: str, state_dir: Path, port: int, hub_url: str, env: Mapping[str, str], log_path: Path
+    ) -> None:
+        super().__init__(
+            args=[
+                "fl-net",
+                "serve",
+                "--name",
+                name,
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(port),
+                "--hub-url",
+                hub_url,
+            ],
+            env=env,  # FLIP_NET_KEY travels in the environment, not argv
+            log_path=log_path,
+        )
+        self.url = f"http://{LOOPBACK}:{port}"
+
+    def wait_healthy(self, key: str, timeout_s: float = 90.0) -> dict[str, Any]:
+        """Poll ``GET /health`` (with the net key) until the SuperLink runs."""
+        return self.wait_for_health(
+            self.url,
+            "/health",
+            timeout_s,
+            ready=lambda body: body.get("status") == "healthy",
+            headers={"X-FLIP-Internal-Key": key},
+        )
 
 
 def child_environment(*, database_url: str, state_dir: Path, public_url: str) -> dict[str, str]:

@@ -54,8 +54,9 @@ class JobConfig(BaseModel):
     strategy: str | None = Field(None, description="default: the job type's first (fedavg, fedadam, none)")
     min_clients: int | None = Field(None, ge=1, description="k of n: trusts that must reply each round (default n)")
     round_timeout_s: int = Field(600, ge=10, le=86400, description="straggler timeout per round")
-    local_epochs: int = Field(1, ge=1, le=1000)
-    learning_rate: float = Field(1e-3, gt=0, le=10)
+    # Passed to the researcher's code; when left out, the values in its config.json apply.
+    local_epochs: int | None = Field(None, ge=1, le=1000)
+    learning_rate: float | None = Field(None, gt=0, le=10)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 

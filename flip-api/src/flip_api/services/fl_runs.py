@@ -333,10 +333,8 @@ def _run_config(job: FlJob, model: Model, codes: list[str]) -> dict[str, Any]:
         "seed": int(config.get("seed", 0)),
         "final_evaluation": model.job_type is not JobType.EVALUATION,
         "project_id": str(job.project_id),
-        "job_config": {
-            "local_epochs": int(config.get("local_epochs", 1)),
-            "learning_rate": float(config.get("learning_rate", 1e-3)),
-        },
+        # The researcher's settings from the request; config.json's apply where these are not given.
+        "job_config": {k: config[k] for k in ("local_epochs", "learning_rate") if config.get(k) is not None},
     }
 
 

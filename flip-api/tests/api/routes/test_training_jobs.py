@@ -112,8 +112,8 @@ async def test_a_queued_job_shows_its_place_and_locks_the_model_until_stopped(
         "strategy": "fedavg",
         "min_clients": 1,
         "round_timeout_s": 600,
-        "local_epochs": 1,
-        "learning_rate": 0.001,
+        "local_epochs": None,  # left to the researcher's config.json
+        "learning_rate": None,
         "seed": 7,
     }
     r = await _initiate(client, w, second)

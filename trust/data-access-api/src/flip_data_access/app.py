@@ -40,7 +40,7 @@ from flip_core.cohort import (
     GatedCount,
     PersistCohortPayload,
 )
-from flip_core.contract import INTERNAL_KEY_HEADER, ErrorBody, ServiceState
+from flip_core.contract import INTERNAL_KEY_HEADER, TRAINER_KEY_HEADER, ErrorBody, ServiceState
 from flip_data_access import __version__
 from flip_data_access.omop import CohortError
 from flip_data_access.service import CohortService
@@ -101,7 +101,6 @@ class Health(BaseModel):
     omop: ServiceState
 
 
-TRAINER_KEY_HEADER = "X-FLIP-Trainer-Key"
 """Header of the trainer key: the trust's FL trainers' key, good for the row-level read routes only."""
 
 _key_header = APIKeyHeader(name=INTERNAL_KEY_HEADER, auto_error=False, description="the trust's internal key")

@@ -22,7 +22,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flip_core.contract import INTERNAL_KEY_HEADER, ErrorBody, ServiceState
+from flip_core.contract import INTERNAL_KEY_HEADER, TRAINER_KEY_HEADER, ErrorBody, ServiceState
 from flip_core.imaging import CreateImagingPayload, ImagingErrorCode, ImagingProjectPayload, ImagingStatus
 from flip_imaging import __version__
 from flip_imaging.cohort_link import CohortLinkError
@@ -58,7 +58,6 @@ class Health(BaseModel):
     data_access: ServiceState
 
 
-TRAINER_KEY_HEADER = "X-FLIP-Trainer-Key"
 """Header of the trainer key: the trust's FL trainers' key, good for the image routes only."""
 
 _key_header = APIKeyHeader(name=INTERNAL_KEY_HEADER, auto_error=False, description="the trust's internal key")
