@@ -983,7 +983,7 @@ def train_model(ctx: DemoContext) -> PhaseResult:
         "unselected_trust_apps": len(installed),
         "model_id": model_id,
         "job_id": job_id,
-        "status": status,
+        "job_status": status,
         "train_s": round(time.monotonic() - started, 1),
         "rounds": rounds,
         "final_dice": {c: m.get("dice") for c, m in final[-1]["metrics"].items()} if final else {},

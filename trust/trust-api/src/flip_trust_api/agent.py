@@ -287,6 +287,13 @@ class Agent:
         return True
 
     async def _shutdown(self, lease: asyncio.Task[None] | None, loops: list[asyncio.Task[None]]) -> None:
+        # The FL clients (SuperNodes and the training they run) stop first: they run in sessions of their own,
+        # so nothing else would stop them if the agent were killed while it waits for its tasks.
+        for task in loops:
+            if task.get_name() == "fl-clients":
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         if lease is not None:
             lease.cancel()
             with suppress(asyncio.CancelledError):
