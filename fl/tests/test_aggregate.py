@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flip_fl.aggregate import AggregationError, Update, fedavg
+from flip_fl.aggregate import BLOCK, AggregationError, Update, fedavg
 
 
 def _reference(updates: list[Update]) -> list[np.ndarray]:
@@ -18,7 +18,8 @@ def _reference(updates: list[Update]) -> list[np.ndarray]:
 
 
 def _model(rng: np.random.Generator, dtype: type = np.float32) -> list[np.ndarray]:
-    shapes = [(3,), (1 << 16,), (4, 1 << 14), (2, 3, 5, 7), (3 * (1 << 16) + 11,)]
+    # The last spans several blocks, a part one, so that threads share it out and the last block is short.
+    shapes = [(3,), (1 << 16,), (4, 1 << 14), (2, 3, 5, 7), (3 * (1 << 16) + 11,), (2 * BLOCK + 12_345,)]
     return [rng.standard_normal(shape).astype(dtype) for shape in shapes]
 
 
@@ -90,3 +91,32 @@ def test_empty_arrays_are_fine() -> None:
 def test_bad_updates_are_refused_with_a_reason(updates: list[Update], message: str) -> None:
     with pytest.raises(AggregationError, match=message):
         fedavg(updates)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_result_can_be_written_into_arrays_nothing_uses_any_more(dtype: type) -> None:
+    rng = np.random.default_rng(11)
+    updates = [Update(_model(rng, dtype), weight) for weight in (3, 1)]
+    spare = [np.full_like(a, 99) for a in updates[0].arrays] + [np.zeros(2, np.int64)]
+    updates = [Update([*u.arrays, np.array([4, 8], np.int64)], u.weight) for u in updates]
+    result = fedavg(updates, threads=2, out=spare)
+    assert all(got is target for got, target in zip(result, spare, strict=True))
+    for got, want in zip(result, fedavg(updates, threads=2), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bad_out_arrays_are_refused_before_anything_is_written() -> None:
+    a, b = np.ones(6, np.float32), np.full(6, 3, np.float32)
+    updates = [Update([a], 1), Update([b], 1)]
+    for out, message in [
+        ([], "out has 0 arrays"),
+        ([np.zeros(5, np.float32)], r"out array 0 is float32\[5\]"),
+        ([np.zeros(6, np.float64)], r"out array 0 is float64\[6\]"),
+        ([np.zeros(12, np.float32)[::2]], "C-contiguous"),
+        ([a], "shares memory with an update"),
+        ([b[:]], "shares memory with an update"),
+    ]:
+        with pytest.raises(AggregationError, match=message):
+            fedavg(updates, out=out)
+    assert a.tolist() == [1.0] * 6
+    assert b.tolist() == [3.0] * 6

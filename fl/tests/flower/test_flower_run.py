@@ -74,8 +74,16 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         for code in TRUSTS:
             key = pki.create_node_key(root / "keys", code)
             control.register_supernode(key.public_key, code)
+            # AAA runs Flower's default SuperNode (a new flwr-clientapp program per instruction), BBB and
+            # CCC FLIP's (ClientApps forked from the preloaded executor): jobs must not tell them apart.
             node = SuperNodeProcess(
-                link.fleet_address, code, root / code, key=key, root_certificates=tls.ca_cert, env=NODE_ENV
+                link.fleet_address,
+                code,
+                root / code,
+                key=key,
+                root_certificates=tls.ca_cert,
+                env=NODE_ENV,
+                warm=code != "AAA",
             )
             nodes[code] = stack.enter_context(node).start(wait=False)
         for node in nodes.values():
@@ -205,6 +213,14 @@ def test_only_the_selected_trusts_take_part(net: Net, selected_run: tuple[Job, l
     assert not (ccc.flwr_home / "apps").exists()
     assert "[RUN" not in ccc.log_path.read_text()
     assert f"[RUN {job.run_id}" in net.nodes["AAA"].log_path.read_text()
+    # BBB's ClientApps were forked from its executor and ended cleanly; CCC's executor never got a task.
+    bbb_log, ccc_log = net.nodes["BBB"].executor_log_path, ccc.executor_log_path
+    assert bbb_log is not None
+    assert ccc_log is not None
+    assert "(forked)" in bbb_log.read_text()
+    assert "ended with 0" in bbb_log.read_text()
+    assert "task started" not in ccc_log.read_text()
+    assert net.nodes["AAA"].executor_log_path is None
 
 
 def test_the_final_model_and_its_lineage_are_saved(selected_run: tuple[Job, list[RunEvent], RunStatus]) -> None:
@@ -284,3 +300,27 @@ def test_cli_failures_raise_flower_errors(net: Net) -> None:
         net.control.submit(net.bundle.path, {"not_a_template_key": 1})
     with pytest.raises(FlowerError, match=r"^flwr stop: .*\S"):
         net.control.stop(12345)
+
+
+def test_a_trust_whose_clientapp_dies_mid_round_is_dropped_and_its_node_keeps_working(net: Net) -> None:
+    # BBB's ClientApp (forked from its executor) dies inside train(): no reply, no exception.
+    dies = submit(
+        net,
+        "dies",
+        selected=["AAA", "BBB"],
+        min_clients=1,
+        rounds=1,
+        round_timeout_s=45.0,
+        job_config={"exit_trusts": ["BBB"]},
+    )
+    events, status = finish(net, dies)
+    assert status.sub_status == "completed", status
+    assert [set(r.metrics) for r in rounds(events)] == [{"AAA"}]
+    [dropped] = drops(events)
+    assert (dropped.round, dropped.trust) == (1, "BBB")
+    assert dropped.reason
+    # The dead process wedges nothing: BBB's SuperNode takes the next job and completes it.
+    after = submit(net, "after-death", selected=["BBB"], min_clients=1, rounds=1)
+    events, status = finish(net, after)
+    assert status.sub_status == "completed", status
+    assert [set(r.metrics) for r in rounds(events)] == [{"BBB"}]

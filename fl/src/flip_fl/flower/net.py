@@ -33,6 +33,7 @@ from flip_fl.flower.pki import NodeKey, TlsFiles
 from flip_fl.flower.proctree import DEFAULT_GRACE_S, stop_process_tree
 from flip_fl.flower.protocol import NODE_TRUST_KEY
 from flip_fl.flower.runconfig import TRUST_CODE
+from flip_fl.flower.supernode import DEFAULT_IDLE_POLL_S
 
 HOST = "127.0.0.1"
 DEFAULT_POLL_INTERVAL_S = 0.2
@@ -247,11 +248,18 @@ def _accepts(host: str, port: int) -> bool:
 
 
 class SuperNodeProcess(_Managed):
-    """A ``flower-supernode`` for one trust: it dials out to the SuperLink; its ClientApps run as subprocesses.
+    """A SuperNode for one trust: it dials out to the SuperLink and runs the ClientApps it is sent.
 
     The node config carries the trust code (``trust="CODE"``). With ``key`` and ``root_certificates``
     it authenticates with that key pair over TLS (register the public key first); without, it
     connects insecurely and anonymously.
+
+    By default (``warm=True``) it is Flower's SuperNode in ``process`` isolation, started through
+    :mod:`flip_fl.flower.supernode` (``idle_poll_s`` between pulls of the SuperLink), with FLIP's
+    :mod:`~flip_fl.flower.executor` beside it: ClientApps are forked from a process that has imported
+    torch and flwr once, so a round does not pay for starting Python. ``warm=False`` runs the plain
+    ``flower-supernode`` in ``subprocess`` isolation, Flower's SuperExec starting a new ``flwr-clientapp``
+    program per instruction.
     """
 
     def __init__(
@@ -264,6 +272,8 @@ class SuperNodeProcess(_Managed):
         root_certificates: Path | None = None,
         env: Mapping[str, str] | None = None,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        warm: bool = True,
+        idle_poll_s: float = DEFAULT_IDLE_POLL_S,
     ) -> None:
         if not TRUST_CODE.match(trust_code):
             raise ValueError(f"invalid trust code {trust_code!r}")
@@ -271,14 +281,19 @@ class SuperNodeProcess(_Managed):
             raise ValueError("a SuperNode key needs TLS: pass root_certificates")
         self.trust_code = trust_code
         self.workdir = workdir
+        self.warm = warm
         self.runtime_port = free_port()
         self.node_id: int | None = None
+        if warm:
+            command = [sys.executable, "-m", "flip_fl.flower.supernode", "--idle-poll", str(idle_poll_s)]
+        else:
+            command = [_executable("flower-supernode")]
         argv = [
-            _executable("flower-supernode"),
+            *command,
             "--superlink", superlink_fleet_address,
             "--host", HOST,
             "--port", str(self.runtime_port),
-            "--isolation", "subprocess",
+            "--isolation", "process" if warm else "subprocess",
             "--node-config", f'{NODE_TRUST_KEY}="{trust_code}"',
         ]  # fmt: skip
         if root_certificates is None:
@@ -288,19 +303,56 @@ class SuperNodeProcess(_Managed):
         if key is not None:
             argv += ["--auth-supernode-private-key", str(key.private_key.resolve())]
         extra = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll_interval_s), **(env or {})}
-        self._process = _Process(f"supernode-{trust_code}", argv, workdir, flower_env(workdir / "flwr-home", extra))
+        process_env = flower_env(workdir / "flwr-home", extra)
+        self._process = _Process(f"supernode-{trust_code}", argv, workdir, process_env)
+        self._executor: _Process | None = None
+        self._executor_argv = [
+            sys.executable, "-m", "flip_fl.flower.executor",
+            "--runtime-api-address", f"{HOST}:{self.runtime_port}",
+            "--poll-interval", str(poll_interval_s),
+        ]  # fmt: skip
+        if warm:
+            self._executor = _Process(f"executor-{trust_code}", self._executor_argv, workdir, process_env)
 
     @property
     def flwr_home(self) -> Path:
         """The SuperNode's ``FLWR_HOME``: the apps it installed live under ``apps/``."""
         return self.workdir / "flwr-home"
 
+    @property
+    def executor_log_path(self) -> Path | None:
+        """Where the executor's output goes (it logs every task it starts and how it ended); None when cold."""
+        return self._executor.log_path if self._executor is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the SuperNode (and, when warm, its executor) was started and has not exited."""
+        return self._process.running() and (self._executor is None or self._executor.running())
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the SuperNode's output, then its executor's."""
+        text = super().log_tail(lines)
+        if self._executor is not None:
+            text += "\n" + "\n".join(self._executor.log_text().splitlines()[-lines:])
+        return text
+
     def start(self, timeout_s: float = 60.0, *, wait: bool = True) -> Self:
         """Start the SuperNode; with ``wait``, until the SuperLink has accepted it (see :meth:`wait_ready`)."""
         self._process.start()
+        if self._executor is not None:
+            self._executor.argv = [*self._executor_argv, "--parent-pid", str(self._process.pid)]
+            self._executor.start()
         if wait:
             self.wait_ready(timeout_s)
         return self
+
+    def stop(self) -> None:
+        """Stop the executor (and the ClientApps it runs), then the SuperNode."""
+        if self._executor is not None:
+            self._executor.stop()
+        self._process.stop()
+
+    close = stop
 
     def wait_ready(self, timeout_s: float = 60.0) -> int:
         """Wait until the SuperNode has joined (it logs its node ID); returns the node ID."""

@@ -149,10 +149,16 @@ def _run(grid: Grid, run: _Run, app_dir: Path) -> None:
         completed = 1
     else:
         adam = ServerAdam(s.adam) if s.strategy == "fedadam" else None
+        # A model's worth of arrays nothing uses any more (instructions carry copies): the next average
+        # is written into them instead of into new memory.
+        spare: Weights | None = None
         for number in range(1, s.rounds + 1):
             updates = _round(grid, run, number, "train", weights)
-            averaged = _average(weights, updates, number)
-            weights = adam.step(weights, averaged) if adam else averaged
+            averaged = _average(weights, updates, number, spare)
+            if adam:
+                weights, spare = adam.step(weights, averaged), averaged
+            else:
+                weights, spare = averaged, weights
             completed = number
         if s.final_evaluation:
             _round(grid, run, s.rounds, "evaluate", weights)
@@ -308,14 +314,17 @@ def weighted_mean(metrics: Mapping[str, Metrics]) -> Metrics:
     return out
 
 
-def _average(weights: Weights, updates: Mapping[str, tuple[Weights, Metrics]], number: int) -> Weights:
+def _average(
+    weights: Weights, updates: Mapping[str, tuple[Weights, Metrics]], number: int, spare: Weights | None
+) -> Weights:
     names = list(weights)
     try:
         arrays = fedavg(
             [
                 Update(arrays=[update[n] for n in names], weight=metrics[protocol.NUM_EXAMPLES])
                 for update, metrics in updates.values()
-            ]
+            ],
+            out=[spare[n] for n in names] if spare is not None else None,
         )
     except AggregationError as exc:
         raise RunFailure(f"round {number}: the updates cannot be averaged ({exc})", number) from exc

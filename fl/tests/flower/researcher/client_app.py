@@ -1,12 +1,14 @@
 """The test researcher's trainer: synthetic points from the seed and the trust code, a marker per call.
 
 ``config`` (from ``job_config``) may hold ``marker_dir`` (each call appends a line to a file named
-after the trust there), ``fail_trusts`` (trusts whose ``train`` raises) and ``sleep_s`` (a slow
-trainer, for the stop test).
+after the trust there), ``fail_trusts`` (trusts whose ``train`` raises), ``exit_trusts`` (trusts whose
+ClientApp process dies in the middle of ``train``, as a trust that drops mid-round) and ``sleep_s`` (a
+slow trainer, for the stop test).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from pathlib import Path
@@ -44,6 +46,8 @@ def train(model: torch.nn.Module, config: dict[str, Any]) -> dict[str, float]:
     _mark(config, "train")
     if config["trust"] in config.get("fail_trusts", []):
         raise RuntimeError("synthetic failure quoting patient 1234567890")
+    if config["trust"] in config.get("exit_trusts", []):
+        os._exit(1)  # no reply, no exception: the process is simply gone
     time.sleep(float(config.get("sleep_s", 0)))
     x, y = _data(config["trust"], int(config["seed"]))
     optimiser = torch.optim.SGD(model.parameters(), lr=float(config.get("lr", 0.1)))

@@ -128,6 +128,7 @@ class FlClients:
                     "a SuperNode stopped; restarting it",
                     extra={"net": name, "restarts": node.restarts, "log_tail": node.process.log_tail(5)},
                 )
+                node.process.stop()  # what is left of it: the SuperNode when only its executor died
                 node.process = self._process(info)
                 node.restarts += 1
             node.next_start = now + min(MAX_RESTART_DELAY_S, 2.0 * 2 ** min(node.restarts, 8))
