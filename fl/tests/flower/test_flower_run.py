@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,12 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
 from flip_fl.flower import pki
 from flip_fl.flower.bundle import TEMPLATE_DIR, Bundle, build_bundle
 from flip_fl.flower.events import RoundCompleted, RunEvent, RunFailed, TrustDropped, read_report
+from flip_fl.flower.executor import Executor
 from flip_fl.flower.net import FlowerControl, FlowerError, RunStatus, SuperLinkProcess, SuperNodeProcess
 from flip_fl.flower.proctree import descendants, is_alive
 
@@ -310,7 +314,7 @@ def test_a_trust_whose_clientapp_dies_mid_round_is_dropped_and_its_node_keeps_wo
         selected=["AAA", "BBB"],
         min_clients=1,
         rounds=1,
-        round_timeout_s=45.0,
+        round_timeout_s=20.0,
         job_config={"exit_trusts": ["BBB"]},
     )
     events, status = finish(net, dies)
@@ -324,3 +328,24 @@ def test_a_trust_whose_clientapp_dies_mid_round_is_dropped_and_its_node_keeps_wo
     events, status = finish(net, after)
     assert status.sub_status == "completed", status
     assert [set(r.metrics) for r in rounds(events)] == [{"BBB"}]
+
+
+def test_only_its_own_executor_may_claim_a_warm_supernodes_tasks(net: Net) -> None:
+    # A task carries the global model: the SuperNode hands it out only to calls signed with the secret it
+    # shares with its executor, so another local process that finds the loopback port gets nothing.
+    bbb = net.nodes["BBB"]
+    address = f"127.0.0.1:{bbb.runtime_port}"
+    for secret in (None, b"not the secret"):
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            Executor(address, auth_secret=secret).acquire()
+        assert refused.value.response.status_code in (401, 403)
+    assert (bbb.workdir / "superexec.secret").stat().st_mode & 0o077 == 0
+    # An executor started with another secret says so and exits (its supervisor then restarts the pair).
+    wrong = net.root / "wrong.secret"
+    wrong.write_bytes(b"not the secret")
+    argv = ["--runtime-api-address", address, "--auth-secret-file", str(wrong), "--no-fork"]
+    done = subprocess.run(
+        [sys.executable, "-m", "flip_fl.flower.executor", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "the SuperNode refuses this executor" in done.stderr

@@ -14,8 +14,12 @@ module did, tasks are started as Flower starts them (``flwr-clientapp`` as a new
 Children get this process's PID as their parent and stop when it does; the executor exits when its
 SuperNode does (``--parent-pid``) and stops its children on SIGTERM.
 
-Run it as ``python -m flip_fl.flower.executor --runtime-api-address HOST:PORT --parent-pid PID``;
-:class:`~flip_fl.flower.net.SuperNodeProcess` does.
+The SuperNode and the executor share a secret (``--superexec-auth-secret-file`` and
+``--auth-secret-file``): the SuperNode hands tasks, and with them the global model, only to calls signed
+with it, so another local process that finds the loopback port gets nothing.
+
+Run it as ``python -m flip_fl.flower.executor --runtime-api-address HOST:PORT --parent-pid PID
+--auth-secret-file FILE``; :class:`~flip_fl.flower.net.SuperNodeProcess` does.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
+
+import httpx
 
 from flip_fl.flower.proctree import is_alive
 
@@ -54,6 +61,7 @@ PRELOAD = (
 OPTIONAL_PRELOAD = ("pandas", "monai", "monai.networks.nets", "monai.losses", "monai.metrics", "nibabel")
 PRELOAD_ENV = "FLIP_FL_PRELOAD"  # more modules to import up front, comma-separated
 CLIENT_APP_TASK = "flwr-clientapp"
+ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
 DEFAULT_POLL_S = 0.1
 
 
@@ -84,24 +92,40 @@ def can_fork() -> bool:
 class Executor:
     """Acquire ClientApp tasks from a SuperNode's Runtime API and run each in a fresh process."""
 
-    def __init__(self, runtime_api_address: str, *, poll_s: float = DEFAULT_POLL_S, fork: bool = True) -> None:
+    def __init__(
+        self,
+        runtime_api_address: str,
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+        fork: bool = True,
+        auth_secret: bytes | None = None,
+    ) -> None:
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
+        from flwr.supercore.protobuf.client import ProtobufClientInterceptor
+        from flwr.supercore.retry import RetryInvoker, constant
         from flwr.supercore.runtime import RuntimeHttpClient
 
         self.address = runtime_api_address
         self.poll_s = poll_s
         self.fork = fork
         self.children: dict[int, float] = {}
+        self.refused = False
         self._stopping = False
         # One try per poll: the loop itself retries, and must stay free to notice a stop or a gone SuperNode.
-        retry_invoker = make_simple_http_retry_invoker()
-        retry_invoker.max_tries = 1
+        # (Flower's own HTTP retry policy also interrupts its process on a 401; a refusal is raised here.)
+        retry_invoker = RetryInvoker(constant, (), max_tries=1, max_time=None)
+        interceptors: list[ProtobufClientInterceptor] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+        if auth_secret is not None:
+            # Signed with the secret the SuperNode was started with: only this executor may claim its tasks.
+            interceptors.append(
+                SuperExecAuthHttpInterceptor(master_secret=auth_secret, protected_methods=[ACQUIRE_TASK])
+            )
         self._client = RuntimeHttpClient.from_server_address(
             server_address=runtime_api_address,
             insecure=True,
             root_certificates=None,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+            interceptors=interceptors,
             retry_invoker=retry_invoker,
         )
 
@@ -155,6 +179,11 @@ class Executor:
             try:
                 token = self.acquire()
             except Exception as exc:  # the SuperNode not up yet, or restarting: said once per outage
+                status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+                if status in (401, 403):  # not the SuperNode's secret: nothing here will heal that
+                    logger.error("the SuperNode refuses this executor (HTTP %d); exiting", status)
+                    self.refused = True
+                    break
                 if not unreachable:
                     logger.warning("cannot reach the SuperNode's Runtime API at %s: %s", self.address, exc)
                 unreachable = True
@@ -222,7 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, help="stop when this process (the SuperNode) is gone")
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_S, help="seconds between polls")
     parser.add_argument("--no-fork", action="store_true", help="start every task as a new flwr-clientapp")
+    parser.add_argument(
+        "--auth-secret-file", help="the SuperNode's --superexec-auth-secret-file: AcquireTask calls are signed with it"
+    )
     args = parser.parse_args(argv)
+    try:
+        secret = Path(args.auth_secret_file).read_bytes() if args.auth_secret_file else None
+    except OSError as exc:
+        parser.error(f"cannot read --auth-secret-file: {exc.strerror}")
+    if secret == b"":
+        parser.error("--auth-secret-file is empty")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.monotonic()
     extra = [name.strip() for name in os.environ.get(PRELOAD_ENV, "").split(",") if name.strip()]
@@ -231,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         logger.error("%s; tasks will start as new flwr-clientapp processes", exc)
         args.no_fork, missing = True, []
-    executor = Executor(args.runtime_api_address, poll_s=args.poll_interval, fork=not args.no_fork)
+    executor = Executor(args.runtime_api_address, poll_s=args.poll_interval, fork=not args.no_fork, auth_secret=secret)
     if executor.fork and not can_fork():
         logger.warning("another thread runs here: tasks will start as new flwr-clientapp processes")
     logger.info(
@@ -247,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     executor.serve(args.parent_pid)
-    return 0
+    return 1 if executor.refused else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -56,9 +57,14 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a Flower process: quiet, offline, with its own ``FLWR_HOME``."""
-    env = dict(os.environ)
+def flower_env(
+    flwr_home: Path, extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment for a Flower process: quiet, offline, with its own ``FLWR_HOME``.
+
+    It starts from ``base`` (default: this process's environment), then adds Flower's settings and ``extra``.
+    """
+    env = dict(os.environ if base is None else base)
     bin_dir = str(Path(sys.executable).parent)  # flower-superexec, flwr-serverapp... are found on PATH
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.update(
@@ -252,7 +258,8 @@ class SuperNodeProcess(_Managed):
 
     The node config carries the trust code (``trust="CODE"``). With ``key`` and ``root_certificates``
     it authenticates with that key pair over TLS (register the public key first); without, it
-    connects insecurely and anonymously.
+    connects insecurely and anonymously. Its environment (and so every ClientApp's) is ``base_env``
+    (default: this process's) with ``env`` on top.
 
     By default (``warm=True``) it is Flower's SuperNode in ``process`` isolation, started through
     :mod:`flip_fl.flower.supernode` (``idle_poll_s`` between pulls of the SuperLink), with FLIP's
@@ -271,6 +278,7 @@ class SuperNodeProcess(_Managed):
         key: NodeKey | None = None,
         root_certificates: Path | None = None,
         env: Mapping[str, str] | None = None,
+        base_env: Mapping[str, str] | None = None,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         warm: bool = True,
         idle_poll_s: float = DEFAULT_IDLE_POLL_S,
@@ -303,16 +311,20 @@ class SuperNodeProcess(_Managed):
         if key is not None:
             argv += ["--auth-supernode-private-key", str(key.private_key.resolve())]
         extra = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll_interval_s), **(env or {})}
-        process_env = flower_env(workdir / "flwr-home", extra)
-        self._process = _Process(f"supernode-{trust_code}", argv, workdir, process_env)
+        process_env = flower_env(workdir / "flwr-home", extra, base_env)
         self._executor: _Process | None = None
         self._executor_argv = [
             sys.executable, "-m", "flip_fl.flower.executor",
             "--runtime-api-address", f"{HOST}:{self.runtime_port}",
             "--poll-interval", str(poll_interval_s),
         ]  # fmt: skip
+        # A fresh secret per SuperNode start, shared with its executor only (see flip_fl.flower.executor).
+        self._secret_file = workdir / "superexec.secret"
         if warm:
+            argv += ["--superexec-auth-secret-file", str(self._secret_file.resolve())]
+            self._executor_argv += ["--auth-secret-file", str(self._secret_file.resolve())]
             self._executor = _Process(f"executor-{trust_code}", self._executor_argv, workdir, process_env)
+        self._process = _Process(f"supernode-{trust_code}", argv, workdir, process_env)
 
     @property
     def flwr_home(self) -> Path:
@@ -338,6 +350,11 @@ class SuperNodeProcess(_Managed):
 
     def start(self, timeout_s: float = 60.0, *, wait: bool = True) -> Self:
         """Start the SuperNode; with ``wait``, until the SuperLink has accepted it (see :meth:`wait_ready`)."""
+        if self._executor is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self._secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(secrets.token_bytes(32))
         self._process.start()
         if self._executor is not None:
             self._executor.argv = [*self._executor_argv, "--parent-pid", str(self._process.pid)]

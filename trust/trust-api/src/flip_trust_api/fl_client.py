@@ -98,9 +98,15 @@ class FlClients:
         folder.mkdir(parents=True, exist_ok=True)
         ca = folder / "ca.crt"
         ca.write_text(info.ca_cert, encoding="ascii")
-        env = {**_clean_environment(), **self.trainer.as_env()}
+        # The agent's own environment minus its secrets, never os.environ as it is.
         return SuperNodeProcess(
-            info.fleet_address, self.trust_code, folder, key=self.key, root_certificates=ca, env=env
+            info.fleet_address,
+            self.trust_code,
+            folder,
+            key=self.key,
+            root_certificates=ca,
+            base_env=_clean_environment(),
+            env=self.trainer.as_env(),
         )
 
     def reconcile(self, nets: list[FlNetInfo]) -> None:
