@@ -39,7 +39,14 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
+from flwr.supercore.protobuf.client import ProtobufClientInterceptor
+from flwr.supercore.retry import RetryInvoker, constant
+from flwr.supercore.runtime import RuntimeHttpClient
 
+from flip_fl.flower.net import flower_executable
 from flip_fl.flower.proctree import is_alive
 
 logger = logging.getLogger("flip_fl.flower.executor")
@@ -100,12 +107,6 @@ class Executor:
         fork: bool = True,
         auth_secret: bytes | None = None,
     ) -> None:
-        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-        from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
-        from flwr.supercore.protobuf.client import ProtobufClientInterceptor
-        from flwr.supercore.retry import RetryInvoker, constant
-        from flwr.supercore.runtime import RuntimeHttpClient
-
         self.address = runtime_api_address
         self.poll_s = poll_s
         self.fork = fork
@@ -131,8 +132,6 @@ class Executor:
 
     def acquire(self) -> str | None:
         """The token of a ClientApp task waiting on the SuperNode, if there is one."""
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest
-
         response = self._client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
         if response.HasField("task") and response.token:
             if response.task.type != CLIENT_APP_TASK:
@@ -149,8 +148,8 @@ class Executor:
             if pid == 0:  # the child: run the task, never return into the loop
                 _run_task_and_exit(self.address, token, os.getppid())
         else:
-            argv = [_flwr_clientapp(), "--runtime-api-address", self.address, "--token", token, "--insecure"]
-            argv += ["--parent-pid", str(os.getpid())]
+            argv = [flower_executable("flwr-clientapp"), "--runtime-api-address", self.address, "--token", token]
+            argv += ["--insecure", "--parent-pid", str(os.getpid())]
             pid = subprocess.Popen(argv).pid  # noqa: S603 - fixed argv, no shell
         self.children[pid] = time.monotonic()
         logger.info("task started in process %d (%s)", pid, "forked" if forked else "spawned")
@@ -233,11 +232,6 @@ def _run_task_and_exit(address: str, token: str, parent_pid: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def _flwr_clientapp() -> str:
-    local = os.path.join(os.path.dirname(sys.executable), "flwr-clientapp")
-    return local if os.path.exists(local) else "flwr-clientapp"
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -83,7 +83,8 @@ def flower_env(
     return env
 
 
-def _executable(name: str) -> str:
+def flower_executable(name: str) -> str:
+    """The path of a Flower program (``flwr``, ``flower-supernode``...): next to this Python, else on PATH."""
     local = Path(sys.executable).parent / name
     if local.exists():
         return str(local)
@@ -205,7 +206,7 @@ class SuperLinkProcess(_Managed):
         self.port = port or free_port()
         self.fleet_host = fleet_host
         argv = [
-            _executable("flower-superlink"),
+            flower_executable("flower-superlink"),
             "--host", fleet_host,
             "--port", str(self.port),
             "--isolation", "subprocess",
@@ -295,7 +296,7 @@ class SuperNodeProcess(_Managed):
         if warm:
             command = [sys.executable, "-m", "flip_fl.flower.supernode", "--idle-poll", str(idle_poll_s)]
         else:
-            command = [_executable("flower-supernode")]
+            command = [flower_executable("flower-supernode")]
         argv = [
             *command,
             "--superlink", superlink_fleet_address,
@@ -313,16 +314,17 @@ class SuperNodeProcess(_Managed):
         extra = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll_interval_s), **(env or {})}
         process_env = flower_env(workdir / "flwr-home", extra, base_env)
         self._executor: _Process | None = None
-        self._executor_argv = [
-            sys.executable, "-m", "flip_fl.flower.executor",
-            "--runtime-api-address", f"{HOST}:{self.runtime_port}",
-            "--poll-interval", str(poll_interval_s),
-        ]  # fmt: skip
+        self._executor_argv: list[str] = []
         # A fresh secret per SuperNode start, shared with its executor only (see flip_fl.flower.executor).
         self._secret_file = workdir / "superexec.secret"
         if warm:
             argv += ["--superexec-auth-secret-file", str(self._secret_file.resolve())]
-            self._executor_argv += ["--auth-secret-file", str(self._secret_file.resolve())]
+            self._executor_argv = [
+                sys.executable, "-m", "flip_fl.flower.executor",
+                "--runtime-api-address", f"{HOST}:{self.runtime_port}",
+                "--poll-interval", str(poll_interval_s),
+                "--auth-secret-file", str(self._secret_file.resolve()),
+            ]  # fmt: skip
             self._executor = _Process(f"executor-{trust_code}", self._executor_argv, workdir, process_env)
         self._process = _Process(f"supernode-{trust_code}", argv, workdir, process_env)
 
@@ -416,7 +418,7 @@ class FlowerControl:
     ) -> None:
         self.workdir = workdir
         self.timeout_s = timeout_s
-        self._flwr = _executable("flwr")
+        self._flwr = flower_executable("flwr")
         self._env = flower_env(workdir / "flwr-home")
         home = workdir / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
